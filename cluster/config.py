@@ -1,0 +1,159 @@
+"""The ``[cluster]`` section of ``tandem.toml`` and the one helper that validates TOML tables.
+
+``Table`` reads typed keys from a parsed TOML table and names the full key in every error
+(``cluster.volumes[1].path: expected a string``); unknown keys are refused so a typo is never
+silently ignored. Other packages' sections use the same helper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MIB = 1 << 20
+BLOCK = 64 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key."""
+
+
+class Table:
+    """A TOML table being read: typed getters that name the key on error."""
+
+    def __init__(self, data: dict[str, Any], prefix: str, base: Path) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.base = base
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def _get(self, name: str, kinds: tuple[type, ...], default: T, what: str) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(f"{self.key(name)}: expected {what}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise ConfigError(f"{self.key(name)}: expected {what}, got {value!r}")
+        return value
+
+    def string(self, name: str, default: str) -> str:
+        value: str = self._get(name, (str,), default, "a string")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value: bool = self._get(name, (bool,), default, "true or false")
+        return value
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        value: int = self._get(name, (int,), default, "an integer")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self.key(name)}: {value} is out of range {lo}..{hi}")
+        return value
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = float(self._get(name, (int, float), default, "a number"))
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self.key(name)}: {value} is out of range {lo}..{hi}")
+        return value
+
+    def path(self, name: str, default: Path) -> Path:
+        """A filesystem path; relative paths are relative to the config file's folder."""
+        value = self.string(name, str(default))
+        if not value:
+            raise ConfigError(f"{self.key(name)}: must not be empty")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def listen(self, name: str, default: str) -> tuple[str, int]:
+        value = self.string(name, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{self.key(name)}: expected HOST:PORT, got {value!r}")
+        return host, int(port)
+
+    def table(self, name: str) -> Table:
+        value = self._get(name, (dict,), {}, "a table")
+        return Table(value, self.key(name), self.base)
+
+    def tables(self, name: str) -> list[Table] | None:
+        """An array of tables, or None when the key is absent."""
+        self.seen.add(name)
+        if name not in self.data:
+            return None
+        value = self.data[name]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{self.key(name)}: expected an array of tables ([[{self.key(name)}]])")
+        return [Table(v, f"{self.key(name)}[{i}]", self.base) for i, v in enumerate(value)]
+
+    def done(self) -> None:
+        """Refuse keys that were never read: a typo must not pass silently."""
+        extra = sorted(set(self.data) - self.seen)
+        if extra:
+            raise ConfigError(f"{self.key(extra[0])}: unknown key")
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    path: Path
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    listen: tuple[str, int]
+    meta_dir: Path
+    volumes: tuple[VolumeConfig, ...]
+    chunk_size: int
+    default_goal: int
+    default_trash_time: int
+    changelog_retention: int
+    replication_delay: float
+    scrub_rate: int
+    health_interval: float
+    work_interval: float
+
+    @property
+    def url(self) -> str:
+        host, port = self.listen
+        return f"http://{host}:{port}"
+
+
+def load_cluster(t: Table, data_dir: Path) -> ClusterConfig:
+    vols = t.tables("volumes")
+    if vols is None:
+        volumes = tuple(VolumeConfig(data_dir / "volumes" / f"vol{i}") for i in range(3))
+    else:
+        volumes = tuple(VolumeConfig(v.path("path", Path())) for v in vols)
+        for v in vols:
+            v.done()
+        if not volumes:
+            raise ConfigError(f"{t.key('volumes')}: at least one volume is needed")
+        if len({v.path.resolve() for v in volumes}) != len(volumes):
+            raise ConfigError(f"{t.key('volumes')}: the same path is listed twice")
+        if len(volumes) > 62:
+            raise ConfigError(f"{t.key('volumes')}: at most 62 volumes per master")
+    chunk_size = t.integer("chunk_size", 64 * MIB, BLOCK, 64 * MIB)
+    if chunk_size % BLOCK:
+        raise ConfigError(f"{t.key('chunk_size')}: must be a multiple of {BLOCK} (64 KiB)")
+    cfg = ClusterConfig(
+        listen=t.listen("listen", "127.0.0.1:9420"),
+        meta_dir=t.path("meta_dir", data_dir / "master"),
+        volumes=volumes,
+        chunk_size=chunk_size,
+        default_goal=t.integer("default_goal", 2, 1, 9),
+        default_trash_time=t.integer("default_trash_time", 86_400, 0, 10 * 365 * 86_400),
+        changelog_retention=t.integer("changelog_retention", 7 * 86_400, 60, 10 * 365 * 86_400),
+        replication_delay=t.number("replication_delay", 300.0, 0.0, 30 * 86_400.0),
+        scrub_rate=t.integer("scrub_rate", 8 * MIB, 0, 1 << 40),
+        health_interval=t.number("health_interval", 2.0, 0.05, 3600.0),
+        work_interval=t.number("work_interval", 5.0, 0.05, 3600.0),
+    )
+    t.done()
+    return cfg

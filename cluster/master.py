@@ -1,0 +1,624 @@
+"""The master: the one writer of the cluster's metadata, and the in-process async client API.
+
+``Master`` owns the SQLite metadata (on one database thread), the volumes, the placement of
+copies, the write and read paths and the background work (``background.py``). It holds an
+exclusive lock on ``meta_dir/master.lock`` so two masters never write the same metadata.
+
+Durability, exactly: ``put`` returns after every chunk copy was fsynced (file and folder) on
+``min(goal, writable volumes)`` distinct volumes *and* the SQLite WAL commit that made the file
+visible was fsynced (``synchronous=FULL``). Every other mutation returns after its commit was
+fsynced. Mutations issued concurrently share one commit (group commit); each is still undone
+alone if it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from cluster import paths, schema
+from cluster.config import ClusterConfig
+from cluster.errors import (
+    ChunkCorrupt,
+    ChunkMissing,
+    ClusterError,
+    InvalidArgument,
+    IsADirectory,
+    MasterBusy,
+    NotEnoughCopies,
+    StoreError,
+    VolumeFull,
+    VolumeReadOnly,
+    VolumeUnavailable,
+)
+from cluster.meta import Chunk, Entry, Meta, NewChunk
+from cluster.store import ChunkKey, ChunkStore
+from cluster.volume import LocalVolume
+
+log = structlog.get_logger("cluster")
+T = TypeVar("T")
+
+READ_PIECE = 1 << 20  # bytes per piece when streaming a file out
+
+
+@dataclass
+class Volume:
+    """A configured volume and what the master knows of its health."""
+
+    id: int
+    path: str
+    store: ChunkStore
+    state: str = "ok"  # ok | full | readonly | missing
+    reason: str = ""
+    since: float = field(default_factory=time.monotonic)
+    total: int = 0
+    free: int = 0
+
+    @property
+    def readable(self) -> bool:
+        return self.state != "missing"
+
+    @property
+    def writable(self) -> bool:
+        return self.state == "ok"
+
+    @property
+    def bit(self) -> int:
+        return 1 << self.id
+
+
+@dataclass(frozen=True)
+class CopyInfo:
+    volume: int
+    path: str
+    state: str
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    chunk: Chunk
+    copies: tuple[CopyInfo, ...]
+
+    @property
+    def valid(self) -> int:
+        return sum(1 for c in self.copies if c.state != "missing")
+
+
+class Master:
+    """The cluster master and its in-process client API (``async with Master(cfg) as m``)."""
+
+    def __init__(self, cfg: ClusterConfig, *, background: bool = True) -> None:
+        self.cfg = cfg
+        self.background = background
+        self.volumes: dict[int, Volume] = {}
+        self.inflight: set[tuple[int, int]] = set()  # (volume id, chunk id) being written
+        self.stats: dict[str, Any] = {}
+        self.changed = asyncio.Event()  # set after every commit (in-process change feed)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="meta")
+        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._queued = asyncio.Event()
+        self._ids: range = range(0)
+        self._id_pos = 0
+        self._rotation = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock_fd = -1
+        self.meta: Meta
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Master:
+        self._take_lock()
+        try:
+            await self._open()
+        except BaseException:
+            self._release_lock()
+            self._executor.shutdown(wait=False)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self._db(self.meta.db.close)
+        self._executor.shutdown(wait=True)
+        self._release_lock()
+        log.info("master.stopped")
+
+    def _take_lock(self) -> None:
+        self.cfg.meta_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cfg.meta_dir / "master.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = path.read_text().strip() or "another process"
+            raise MasterBusy(
+                f"the cluster metadata in {self.cfg.meta_dir} is in use by {holder}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    async def _open(self) -> None:
+        def open_db() -> Meta:
+            conn = schema.connect(self.cfg.meta_dir / "meta.db")
+            schema.init(conn)
+            return Meta(conn, self.cfg.default_goal, self.cfg.default_trash_time)
+
+        self.meta = await self._db(open_db)
+        self._tasks.append(asyncio.create_task(self._committer(), name="committer"))
+        await self._open_volumes()
+        self._ids = await self._db(self.meta.reserve_chunk_ids)
+        if self.background:
+            from cluster.background import start
+
+            self._tasks.extend(start(self))
+        log.info(
+            "master.started",
+            meta=str(self.cfg.meta_dir),
+            volumes=[v.path for v in self.volumes.values()],
+        )
+
+    async def _open_volumes(self) -> None:
+        known = await self._db(self.meta.volumes)
+        for vc in self.cfg.volumes:
+            path = str(vc.path.resolve())
+            if path in known:
+                vid, _ = known[path]
+                vol = Volume(vid, path, LocalVolume(Path(path)))
+            else:
+                store = await asyncio.to_thread(LocalVolume.create, Path(path))
+                uuid = store.identity()
+                vid = await self._mutate(lambda p=path, u=uuid: self.meta.add_volume(p, u))
+                vol = Volume(vid, path, store)
+                log.info("volume.added", volume=path, id=vid)
+            self.volumes[vol.id] = vol
+            if isinstance(vol.store, LocalVolume) and (vol.store.root / ".tandem-volume").exists():
+                removed = await asyncio.to_thread(vol.store.remove_temp)
+                if removed:
+                    log.info("volume.temp_removed", volume=path, files=removed)
+        await self.check_volumes()
+
+    async def check_volumes(self) -> None:
+        """Refresh every volume's state from the disk (the health checker calls this)."""
+        known = await self._db(self.meta.volumes)
+        for vol in self.volumes.values():
+            st = await vol.store.stat()
+            vol.total, vol.free = st.total, st.free
+            state, reason = "ok", ""
+            if isinstance(vol.store, LocalVolume):
+                state, reason = await self._local_state(vol, known[vol.path][1])
+            if state == "ok" and not st.healthy:
+                state, reason = ("readonly" if "read-only" in st.reason else "missing"), st.reason
+            if state == "ok" and vol.state == "full" and st.free < 2 * self.cfg.chunk_size:
+                state, reason = "full", vol.reason
+            self._set_state(vol, state, reason)
+
+    async def _local_state(self, vol: Volume, uuid: str) -> tuple[str, str]:
+        store = vol.store
+        assert isinstance(store, LocalVolume)
+        try:
+            if store.identity() == uuid:
+                return "ok", ""
+            return "missing", "a different volume is mounted here (uuid mismatch)"
+        except VolumeUnavailable:
+            pass
+        root = store.root
+        if root.is_dir() and not any(root.iterdir()):
+            # An empty directory where a volume was: a replaced disk. Adopt it, empty.
+            await asyncio.to_thread(LocalVolume.create, root)
+            new = store.identity()
+            await self._mutate(lambda: self.meta.replace_volume(vol.id, new))
+            log.warning("volume.replaced", volume=vol.path, id=vol.id)
+            return "ok", ""
+        return "missing", "volume directory or its marker is missing"
+
+    def _set_state(self, vol: Volume, state: str, reason: str) -> None:
+        if vol.state != state:
+            log.warning("volume.state", volume=vol.path, old=vol.state, new=state, reason=reason)
+            vol.state, vol.reason, vol.since = state, reason, time.monotonic()
+
+    def _volume_failed(self, vol: Volume, exc: StoreError) -> None:
+        if isinstance(exc, VolumeFull):
+            self._set_state(vol, "full", str(exc))
+        elif isinstance(exc, VolumeReadOnly):
+            self._set_state(vol, "readonly", str(exc))
+        elif isinstance(exc, VolumeUnavailable):
+            self._set_state(vol, "missing", str(exc))
+
+    @property
+    def readable_mask(self) -> int:
+        return sum(v.bit for v in self.volumes.values() if v.readable)
+
+    # -- the database thread and group commit ---------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _mutate(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a transaction shared with whatever else is queued (group commit)."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, fut))
+        self._queued.set()
+        return await fut
+
+    async def _committer(self) -> None:
+        while True:
+            await self._queued.wait()
+            await self._commit_batch()
+
+    async def _commit_batch(self) -> None:
+        self._queued.clear()
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+
+        def run() -> list[tuple[bool, Any]]:
+            results: list[tuple[bool, Any]] = []
+            with self.meta.transaction():
+                for fn, _ in batch:
+                    try:
+                        with self.meta.savepoint():
+                            results.append((True, fn()))
+                    except ClusterError as exc:
+                        results.append((False, exc))
+            return results
+
+        try:
+            results = await self._db(run)
+        except Exception as exc:  # the commit itself failed: nothing in the batch happened
+            log.error("meta.commit_failed", error=str(exc), ops=len(batch))
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (ok, value), (_, fut) in zip(results, batch, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        self.changed.set()
+        self.changed.clear()
+
+    async def _next_chunk_id(self) -> int:
+        if self._id_pos >= len(self._ids):
+            self._ids = await self._db(self.meta.reserve_chunk_ids)
+            self._id_pos = 0
+        self._id_pos += 1
+        return self._ids[self._id_pos - 1]
+
+    # -- placement and the write path -----------------------------------------------------------
+
+    def _candidates(self) -> list[Volume]:
+        """Writable volumes, least full first, rotating among equals to spread load."""
+        self._rotation += 1
+        vols = [v for v in self.volumes.values() if v.writable]
+        n = max(len(vols), 1)
+        return sorted(
+            vols,
+            key=lambda v: (
+                round(20 * (1 - v.free / v.total)) if v.total else 0,
+                (v.id - self._rotation) % n,
+            ),
+        )
+
+    async def _write_copies(self, key: ChunkKey, data: bytes, goal: int) -> int:
+        """Write ``data`` to min(goal, writable volumes) distinct volumes; the copies mask."""
+        candidates = self._candidates()
+        want = min(goal, len(candidates))
+        if want == 0:
+            raise NotEnoughCopies("no writable volume: every volume is full, read-only or missing")
+        mask = 0
+        pending = candidates
+        while pending and mask.bit_count() < want:
+            batch, pending = pending[: want - mask.bit_count()], pending[want - mask.bit_count() :]
+            for v in batch:
+                self.inflight.add((v.id, key.id))
+            results = await asyncio.gather(
+                *(v.store.put(key, data) for v in batch), return_exceptions=True
+            )
+            for v, r in zip(batch, results, strict=True):
+                if isinstance(r, StoreError):
+                    log.warning("chunk.put_failed", volume=v.path, chunk=key.name, error=str(r))
+                    self._volume_failed(v, r)
+                    self.inflight.discard((v.id, key.id))
+                elif isinstance(r, BaseException):
+                    raise r
+                else:
+                    mask |= v.bit
+        writable = sum(1 for v in self.volumes.values() if v.writable)
+        if mask == 0 or mask.bit_count() < min(goal, writable):
+            raise NotEnoughCopies(
+                f"wrote {mask.bit_count()} of {min(goal, writable)} copies of {key.name}"
+            )
+        return mask
+
+    async def put(
+        self,
+        path: bytes | str,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        mode: int = 0o644,
+        mtime_ns: int | None = None,
+    ) -> Entry:
+        """Store a file atomically: it appears only once its data and metadata are durable;
+        an existing file is replaced, its old version moved to trash."""
+        parts = paths.parse(path)
+        if not parts:
+            raise IsADirectory("cannot put onto the root directory")
+        if not 0 <= mode <= 0o7777:
+            raise InvalidArgument(f"mode {mode:o} is not a permission mode")
+        goal = await self._db(self.meta.effective_goal, parts)
+        digest = hashlib.sha256()
+        chunks: list[NewChunk] = []
+        size = 0
+        try:
+            async for piece in _pieces(data, self.cfg.chunk_size):
+                digest.update(piece)
+                size += len(piece)
+                key = ChunkKey(await self._next_chunk_id(), 1)
+                mask = await self._write_copies(key, piece, goal)
+                chunks.append(NewChunk(key.id, key.version, len(piece), mask))
+            mtime = time.time_ns() if mtime_ns is None else mtime_ns
+            entry = await self._mutate(
+                lambda: self.meta.commit_put(
+                    parts, size=size, hash=digest.digest(), mode=mode, mtime_ns=mtime,
+                    chunks=chunks, goal=goal,
+                )
+            )
+        except BaseException:
+            await self._discard(chunks)
+            raise
+        finally:
+            for c in chunks:
+                for v in self.volumes.values():
+                    self.inflight.discard((v.id, c.id))
+        log.debug("file.put", path=paths.show(entry.path), size=size, chunks=len(chunks))
+        return entry
+
+    async def _discard(self, chunks: list[NewChunk]) -> None:
+        """Remove copies written for a put that did not commit (best effort; orphans are swept)."""
+        for c in chunks:
+            for v in self.volumes.values():
+                if c.copies & v.bit:
+                    with contextlib.suppress(StoreError):
+                        await v.store.delete(ChunkKey(c.id, c.version))
+
+    # -- the read path ----------------------------------------------------------------------------
+
+    async def open(self, path: bytes | str) -> tuple[Entry, list[Chunk]]:
+        """A file's entry and chunk list, read in one consistent snapshot."""
+        parts = paths.parse(path)
+
+        def read() -> tuple[Entry, list[Chunk]]:
+            self.meta.db.execute("BEGIN")
+            try:
+                e = self.meta.stat(parts)
+                if e.is_dir:
+                    raise IsADirectory(f"is a directory: {paths.show(e.path)}")
+                return e, self.meta.chunks(e.chunks)
+            finally:
+                self.meta.db.execute("COMMIT")
+
+        return await self._db(read)
+
+    async def read(
+        self, path: bytes | str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream ``[offset, offset+length)`` of a file in pieces of at most 1 MiB."""
+        entry, chunks = await self.open(path)
+        async for piece in self.read_chunks(entry, chunks, offset, length):
+            yield piece
+
+    async def read_chunks(
+        self, entry: Entry, chunks: list[Chunk], offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        end = entry.size if length is None else min(entry.size, offset + length)
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        pos = 0
+        for c in chunks:
+            lo, hi = max(offset, pos), min(end, pos + c.size)
+            while lo < hi:
+                n = min(READ_PIECE, hi - lo)
+                yield await self.read_chunk(c, lo - pos, n)
+                lo += n
+            pos += c.size
+
+    async def read_chunk(self, c: Chunk, offset: int, length: int) -> bytes:
+        """Read from any good copy; bad copies found on the way are reported and dropped."""
+        key = ChunkKey(c.id, c.version)
+        order = [v for v in self.volumes.values() if c.copies & v.bit and v.readable]
+        order = order[self._rotation % len(order) :] + order[: self._rotation % len(order)] if order else []
+        bad: list[Volume] = []
+        for v in order:
+            try:
+                data = await v.store.get(key, offset, length)
+            except (ChunkCorrupt, ChunkMissing) as exc:
+                log.error("chunk.bad_copy", volume=v.path, chunk=key.name, error=str(exc))
+                bad.append(v)
+                continue
+            except StoreError as exc:
+                self._volume_failed(v, exc)
+                continue
+            if bad:
+                await self.drop_copies(c, bad)
+            return data
+        raise NotEnoughCopies(f"no readable good copy of chunk {key.name}")
+
+    async def drop_copies(self, c: Chunk, vols: list[Volume]) -> None:
+        """Forget bad copies (metadata first), then delete their files; re-replication
+        restores the goal."""
+        mask = sum(v.bit for v in vols)
+        await self._mutate(lambda: self.meta.set_copies(c.id, remove=mask))
+        for v in vols:
+            with contextlib.suppress(StoreError):
+                await v.store.delete(ChunkKey(c.id, c.version))
+        self.stats["bad_copies_dropped"] = self.stats.get("bad_copies_dropped", 0) + len(vols)
+
+    async def cat(self, path: bytes | str, offset: int = 0, length: int | None = None) -> bytes:
+        return b"".join([p async for p in self.read(path, offset, length)])
+
+    # -- namespace ------------------------------------------------------------------------------
+
+    async def stat(self, path: bytes | str) -> Entry:
+        return await self._db(self.meta.stat, paths.parse(path))
+
+    async def ls(self, path: bytes | str = b"/") -> list[Entry]:
+        return await self._db(self.meta.listdir, paths.parse(path))
+
+    async def walk(self, path: bytes | str = b"/") -> list[Entry]:
+        parts = paths.parse(path)
+        return await self._db(lambda: list(self.meta.walk(parts)))
+
+    async def mkdir(self, path: bytes | str, mode: int = 0o755) -> Entry:
+        parts = paths.parse(path)
+        return await self._mutate(lambda: self.meta.mkdir(parts, mode))
+
+    async def rm(self, path: bytes | str, recursive: bool = False) -> int:
+        parts = paths.parse(path)
+        return await self._mutate(lambda: self.meta.remove(parts, recursive))
+
+    async def mv(self, src: bytes | str, dst: bytes | str) -> Entry:
+        s, d = paths.parse(src), paths.parse(dst)
+        return await self._mutate(lambda: self.meta.move(s, d))
+
+    async def snapshot(self, src: bytes | str, dst: bytes | str) -> int:
+        s, d = paths.parse(src), paths.parse(dst)
+        return await self._mutate(lambda: self.meta.snapshot(s, d))
+
+    async def setgoal(self, path: bytes | str, goal: int, recursive: bool = False) -> int:
+        if not 1 <= goal <= 9:
+            raise InvalidArgument(f"goal must be 1..9, got {goal}")
+        parts = paths.parse(path)
+        return await self._mutate(lambda: self.meta.set_goal(parts, goal, recursive))
+
+    async def settrashtime(self, path: bytes | str, seconds: int, recursive: bool = False) -> int:
+        if seconds < 0:
+            raise InvalidArgument(f"trash time must be >= 0 seconds, got {seconds}")
+        parts = paths.parse(path)
+        return await self._mutate(lambda: self.meta.set_trash_time(parts, seconds, recursive))
+
+    # -- trash ----------------------------------------------------------------------------------
+
+    async def trash_list(self, limit: int = 1000, after: int = 0) -> list[Any]:
+        return await self._db(self.meta.trash_list, limit, after)
+
+    async def undelete(self, trash_id: int, dest: bytes | str | None = None) -> Entry:
+        d = paths.parse(dest) if dest is not None else None
+        return await self._mutate(lambda: self.meta.undelete(trash_id, d))
+
+    async def purge(self, ids: list[int] | None = None, expired: bool = False) -> int:
+        """Drop trash entries for good: metadata first, then the chunk copies nobody uses."""
+        before = int(time.time()) if expired else None
+        n, dead = await self._mutate(lambda: self.meta.purge(ids, expired_before=before))
+        for c in dead:
+            for v in self.volumes.values():
+                if c.copies & v.bit and v.readable:
+                    with contextlib.suppress(StoreError):
+                        await v.store.delete(ChunkKey(c.id, c.version))
+        if n:
+            log.info("trash.purged", entries=n, chunks=len(dead))
+        return n
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    async def fileinfo(self, path: bytes | str) -> tuple[Entry, list[ChunkInfo]]:
+        entry, chunks = await self.open(path)
+        infos = []
+        for c in chunks:
+            copies = tuple(
+                CopyInfo(v.id, v.path, v.state)
+                for v in self.volumes.values()
+                if c.copies & v.bit
+            )
+            infos.append(ChunkInfo(c, copies))
+        return entry, infos
+
+    async def checkfile(self, path: bytes | str) -> dict[str, Any]:
+        """Per chunk: copies that exist and read back (size checked) versus the goal."""
+        entry, infos = await self.fileinfo(path)
+        out = []
+        for info in infos:
+            key = ChunkKey(info.chunk.id, info.chunk.version)
+            good = 0
+            for cp in info.copies:
+                vol = self.volumes[cp.volume]
+                if not vol.readable:
+                    continue
+                try:
+                    if await vol.store.head(key) == info.chunk.size:
+                        good += 1
+                except StoreError:
+                    pass
+            out.append({"chunk": key.name, "goal": info.chunk.goal, "copies": good})
+        under = sum(1 for c in out if c["copies"] < c["goal"])
+        missing = sum(1 for c in out if c["copies"] == 0)
+        return {
+            "path": paths.show(entry.path),
+            "goal": entry.effective_goal,
+            "chunks": out,
+            "under_goal": under,
+            "missing": missing,
+        }
+
+    async def status(self) -> dict[str, Any]:
+        counts = await self._db(self.meta.counts, self.readable_mask)
+        vols = [
+            {
+                "id": v.id,
+                "path": v.path,
+                "state": v.state,
+                "reason": v.reason,
+                "total": v.total,
+                "used": v.total - v.free,
+                "free": v.free,
+            }
+            for v in self.volumes.values()
+        ]
+        return {"volumes": vols, **counts, "background": dict(self.stats)}
+
+    async def changes(self, after: int, limit: int = 1000) -> list[Any]:
+        return await self._db(self.meta.changes, after, limit)
+
+    async def changelog_bounds(self) -> tuple[int, int]:
+        return await self._db(self.meta.changelog_bounds)
+
+
+async def _pieces(data: bytes | AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Cut the input into chunk-sized pieces (an empty file has no chunk)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        raw = bytes(data)
+        for i in range(0, len(raw), size):
+            yield raw[i : i + size]
+        return
+    buf = bytearray()
+    async for part in data:
+        buf += part
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)

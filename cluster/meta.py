@@ -1,0 +1,697 @@
+"""The master's metadata: namespace, chunks, trash, snapshots and the changelog, in SQLite.
+
+``Meta`` is synchronous and owns no thread: the master runs every call on its one database
+thread (``master.Master``), and every mutating call runs inside a transaction opened by the
+caller (``Meta.transaction``) so that several puts can share one commit (group commit). Each
+mutation appends its changelog entry in that same transaction.
+
+Paths arrive already parsed (``paths.parse``): tuples of byte names.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+
+from cluster.errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+)
+from cluster.paths import join, show
+
+ROOT_ID = 1
+CHUNK_ID_BLOCK = 4096
+
+
+class Kind(IntEnum):
+    DIR = 1
+    FILE = 2
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A directory entry as stored, plus its effective (inherited) goal and trash time."""
+
+    path: bytes
+    id: int
+    kind: Kind
+    mode: int
+    mtime_ns: int
+    size: int
+    hash: bytes | None
+    chunks: tuple[int, ...]
+    goal: int | None
+    trash_time: int | None
+    effective_goal: int
+    effective_trash_time: int
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is Kind.DIR
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: int
+    version: int
+    size: int
+    goal: int
+    copies: int
+    refs: int
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk whose copies were written and fsynced, waiting for its metadata commit."""
+
+    id: int
+    version: int
+    size: int
+    copies: int
+
+
+@dataclass(frozen=True)
+class TrashItem:
+    id: int
+    path: bytes
+    size: int
+    hash: bytes | None
+    mtime_ns: int
+    deleted: int
+    expires: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changelog entry: a namespace mutation with its sequence number."""
+
+    seq: int
+    ts_ms: int
+    op: str
+    path: bytes
+    dest: bytes | None
+    arg: int | None
+    hash: bytes | None
+
+
+def pack_ids(ids: tuple[int, ...] | list[int]) -> bytes:
+    return struct.pack(f">{len(ids)}Q", *ids)
+
+
+def unpack_ids(blob: bytes | None) -> tuple[int, ...]:
+    if not blob:
+        return ()
+    return struct.unpack(f">{len(blob) // 8}Q", blob)
+
+
+_ROW = "id, kind, mode, mtime, size, hash, chunks, goal, trash_time"
+
+
+class Meta:
+    """Namespace and chunk metadata over one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection, default_goal: int, default_trash_time: int):
+        self.db = conn
+        self.default_goal = default_goal
+        self.default_trash_time = default_trash_time
+
+    # -- transactions and counters ----------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested unit inside a group commit: its failure undoes only itself."""
+        self.db.execute("SAVEPOINT op")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO op")
+            self.db.execute("RELEASE op")
+            raise
+        self.db.execute("RELEASE op")
+
+    def _next(self, name: str, count: int = 1) -> int:
+        (value,) = self.db.execute(
+            "UPDATE counter SET value = value + ? WHERE name = ? RETURNING value - ?",
+            (count, name, count),
+        ).fetchone()
+        return int(value)
+
+    def reserve_chunk_ids(self) -> range:
+        """A block of chunk ids for this process; never handed out again, even after a crash."""
+        with self.transaction():
+            first = self._next("chunk", CHUNK_ID_BLOCK)
+        return range(first, first + CHUNK_ID_BLOCK)
+
+    def _log(
+        self,
+        op: str,
+        path: bytes,
+        dest: bytes | None = None,
+        arg: int | None = None,
+        hash: bytes | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO changelog (ts, op, path, dest, arg, hash) VALUES (?, ?, ?, ?, ?, ?)",
+            (int(time.time() * 1000), op, path, dest, arg, hash),
+        )
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def _row(self, parent: int, name: bytes) -> tuple[object, ...] | None:
+        row: tuple[object, ...] | None = self.db.execute(
+            f"SELECT {_ROW} FROM inode WHERE parent = ? AND name = ?", (parent, name)
+        ).fetchone()
+        return row
+
+    def _walk(self, parts: tuple[bytes, ...]) -> tuple[tuple[object, ...] | None, int, int, int]:
+        """Resolve ``parts``: (row or None, parent id, effective goal, effective trash time).
+        Raises ``NotFound`` when a parent is missing, ``NotADirectory`` when one is a file."""
+        row = self._row(0, b"")
+        assert row is not None, "metadata has no root"
+        goal = int(row[7]) if row[7] is not None else self.default_goal  # type: ignore[call-overload]
+        trash = int(row[8]) if row[8] is not None else self.default_trash_time  # type: ignore[call-overload]
+        parent = ROOT_ID
+        for i, name in enumerate(parts):
+            if row is None:
+                raise NotFound(f"no such directory: {show(join(parts[:i]))}")
+            if row[1] != Kind.DIR:
+                raise NotADirectory(f"not a directory: {show(join(parts[:i]))}")
+            parent = int(row[0])  # type: ignore[call-overload]
+            row = self._row(parent, name)
+            if row is not None:
+                goal = int(row[7]) if row[7] is not None else goal  # type: ignore[call-overload]
+                trash = int(row[8]) if row[8] is not None else trash  # type: ignore[call-overload]
+        return row, parent, goal, trash
+
+    @staticmethod
+    def _entry(path: bytes, row: tuple[object, ...], goal: int, trash: int) -> Entry:
+        id_, kind, mode, mtime, size, hash_, chunks, g, t = row
+        return Entry(
+            path=path,
+            id=int(id_),  # type: ignore[call-overload]
+            kind=Kind(kind),
+            mode=int(mode),  # type: ignore[call-overload]
+            mtime_ns=int(mtime),  # type: ignore[call-overload]
+            size=int(size),  # type: ignore[call-overload]
+            hash=hash_,  # type: ignore[arg-type]
+            chunks=unpack_ids(chunks),  # type: ignore[arg-type]
+            goal=g,  # type: ignore[arg-type]
+            trash_time=t,  # type: ignore[arg-type]
+            effective_goal=goal,
+            effective_trash_time=trash,
+        )
+
+    def stat(self, parts: tuple[bytes, ...]) -> Entry:
+        row, _, goal, trash = self._walk(parts)
+        if row is None:
+            raise NotFound(f"no such file or directory: {show(join(parts))}")
+        return self._entry(join(parts), row, goal, trash)
+
+    def exists(self, parts: tuple[bytes, ...]) -> bool:
+        try:
+            return self._walk(parts)[0] is not None
+        except (NotFound, NotADirectory):
+            return False
+
+    def listdir(self, parts: tuple[bytes, ...]) -> list[Entry]:
+        d = self.stat(parts)
+        if not d.is_dir:
+            return [d]
+        rows = self.db.execute(
+            f"SELECT name, {_ROW} FROM inode WHERE parent = ? ORDER BY name", (d.id,)
+        ).fetchall()
+        out = []
+        for name, *rest in rows:
+            g = rest[7] if rest[7] is not None else d.effective_goal
+            t = rest[8] if rest[8] is not None else d.effective_trash_time
+            out.append(self._entry(join((*parts, name)), tuple(rest), g, t))
+        return out
+
+    def walk(self, parts: tuple[bytes, ...]) -> Iterator[Entry]:
+        """Every entry under ``parts`` (itself first), depth first, names sorted."""
+        top = self.stat(parts)
+        yield top
+        if not top.is_dir:
+            return
+        stack = [(parts, top)]
+        while stack:
+            base, d = stack.pop()
+            for e in self.listdir(base):
+                yield e
+                if e.is_dir:
+                    stack.append((base + (e.path.rsplit(b"/", 1)[1],), e))
+
+    def chunks(self, ids: tuple[int, ...]) -> list[Chunk]:
+        out = []
+        for cid in ids:
+            row = self.db.execute(
+                "SELECT id, version, size, goal, copies, refs FROM chunk WHERE id = ?", (cid,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"chunk {cid:016X} is not in the metadata")
+            out.append(Chunk(*row))
+        return out
+
+    # -- namespace mutations (call inside a transaction) --------------------------------------
+
+    def _mkdirs(self, parts: tuple[bytes, ...], mode: int, now_ns: int) -> tuple[int, int, int]:
+        """Make every missing directory of ``parts``; (dir id, effective goal, trash time)."""
+        row, parent, goal, trash = self._walk(())
+        assert row is not None
+        current = ROOT_ID
+        for i, name in enumerate(parts):
+            row = self._row(current, name)
+            if row is None:
+                new_id = self._next("inode")
+                self.db.execute(
+                    "INSERT INTO inode (parent, name, id, kind, mode, mtime) VALUES (?,?,?,?,?,?)",
+                    (current, name, new_id, Kind.DIR, mode, now_ns),
+                )
+                self._log("mkdir", join(parts[: i + 1]))
+                current = new_id
+                continue
+            if row[1] != Kind.DIR:
+                raise NotADirectory(f"not a directory: {show(join(parts[: i + 1]))}")
+            current = int(row[0])  # type: ignore[call-overload]
+            goal = int(row[7]) if row[7] is not None else goal  # type: ignore[call-overload]
+            trash = int(row[8]) if row[8] is not None else trash  # type: ignore[call-overload]
+        return current, goal, trash
+
+    def mkdir(self, parts: tuple[bytes, ...], mode: int = 0o755, parents: bool = True) -> Entry:
+        if not parts:
+            raise AlreadyExists("the root directory always exists")
+        now = time.time_ns()
+        if self.exists(parts):
+            e = self.stat(parts)
+            if e.is_dir and parents:
+                return e
+            raise AlreadyExists(f"already exists: {show(join(parts))}")
+        if not parents:
+            self.stat(parts[:-1])
+        self._mkdirs(parts, mode, now)
+        return self.stat(parts)
+
+    def effective_goal(self, parts: tuple[bytes, ...]) -> int:
+        """The goal a new file at ``parts`` gets: its own, else its nearest ancestor's."""
+        for n in range(len(parts), -1, -1):
+            try:
+                row, _, goal, _ = self._walk(parts[:n])
+            except (NotFound, NotADirectory):
+                continue
+            if row is not None:
+                return goal
+        return self.default_goal
+
+    def commit_put(
+        self,
+        parts: tuple[bytes, ...],
+        *,
+        size: int,
+        hash: bytes,
+        mode: int,
+        mtime_ns: int,
+        chunks: list[NewChunk],
+        goal: int,
+    ) -> Entry:
+        """Make a written file visible: its chunks, its entry, the old version into trash."""
+        if not parts:
+            raise IsADirectory("cannot put onto the root directory")
+        parent, eff_goal, eff_trash = self._mkdirs(parts[:-1], 0o755, time.time_ns())
+        old = self._row(parent, parts[-1])
+        if old is not None:
+            if old[1] == Kind.DIR:
+                raise IsADirectory(f"is a directory: {show(join(parts))}")
+            old_entry = self._entry(join(parts), old, eff_goal, eff_trash)
+            file_goal = int(old[7]) if old[7] is not None else None  # type: ignore[call-overload]
+            self._to_trash(old_entry)
+            self.db.execute("DELETE FROM inode WHERE parent = ? AND name = ?", (parent, parts[-1]))
+        else:
+            file_goal = None
+        for c in chunks:
+            self.db.execute(
+                "INSERT INTO chunk (id, version, size, goal, copies, refs) VALUES (?,?,?,?,?,1)",
+                (c.id, c.version, c.size, goal, c.copies),
+            )
+        self.db.execute(
+            "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, goal) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                parent, parts[-1], self._next("inode"), Kind.FILE, mode, mtime_ns, size, hash,
+                pack_ids([c.id for c in chunks]), file_goal,
+            ),
+        )
+        self._log("put", join(parts), arg=size, hash=hash)
+        return self.stat(parts)
+
+    def _to_trash(self, e: Entry) -> None:
+        now = int(time.time())
+        self.db.execute(
+            "INSERT INTO trash (path, mode, mtime, size, hash, chunks, goal, deleted, expires) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (e.path, e.mode, e.mtime_ns, e.size, e.hash, pack_ids(e.chunks), e.goal, now,
+             now + e.effective_trash_time),
+        )
+
+    def remove(self, parts: tuple[bytes, ...], recursive: bool = False) -> int:
+        """Files go to trash (for their trash time), directories are dropped. Returns the
+        number of files moved to trash."""
+        if not parts:
+            raise InvalidArgument("refusing to remove the root directory")
+        top = self.stat(parts)
+        if top.is_dir and not recursive:
+            if self.db.execute("SELECT 1 FROM inode WHERE parent = ? LIMIT 1", (top.id,)).fetchone():
+                raise DirectoryNotEmpty(f"directory not empty: {show(top.path)} (use -r)")
+        entries = list(self.walk(parts))
+        files = 0
+        for e in entries:
+            if e.kind is Kind.FILE:
+                self._to_trash(e)
+                files += 1
+        dir_ids = [e.id for e in entries if e.is_dir]
+        for did in dir_ids:
+            self.db.execute("DELETE FROM inode WHERE parent = ?", (did,))
+        parent = self._walk(parts[:-1])[0]
+        assert parent is not None
+        self.db.execute("DELETE FROM inode WHERE parent = ? AND name = ?", (parent[0], parts[-1]))
+        self._log("rm", top.path, arg=int(top.kind))
+        return files
+
+    def move(self, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> Entry:
+        """rename(2): ``dst`` may not exist, except a file replaced by a file (old → trash)."""
+        if not src or not dst:
+            raise InvalidArgument("cannot move the root directory")
+        s = self.stat(src)
+        if s.is_dir and dst[: len(src)] == src:
+            raise InvalidArgument(f"cannot move {show(s.path)} into itself")
+        if src == dst:
+            return s
+        dparent, _, _ = self._mkdirs(dst[:-1], 0o755, time.time_ns())
+        old = self._row(dparent, dst[-1])
+        if old is not None:
+            if s.is_dir or old[1] == Kind.DIR:
+                raise AlreadyExists(f"destination exists: {show(join(dst))}")
+            self._to_trash(self.stat(dst))
+            self.db.execute("DELETE FROM inode WHERE parent = ? AND name = ?", (dparent, dst[-1]))
+        sparent = self._walk(src[:-1])[0]
+        assert sparent is not None
+        self.db.execute(
+            "UPDATE inode SET parent = ?, name = ? WHERE parent = ? AND name = ?",
+            (dparent, dst[-1], sparent[0], src[-1]),
+        )
+        self._log("mv", join(src), dest=join(dst))
+        return self.stat(dst)
+
+    def snapshot(self, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> int:
+        """Copy-on-write copy of a tree: new entries sharing the same chunks (refs + 1).
+        Returns the number of files in the snapshot."""
+        top = self.stat(src)
+        if not dst:
+            raise AlreadyExists("the root directory always exists")
+        if top.is_dir and dst[: len(src)] == src:
+            raise InvalidArgument("cannot snapshot a directory into itself")
+        if self.exists(dst):
+            raise AlreadyExists(f"destination exists: {show(join(dst))}")
+        dparent, _, _ = self._mkdirs(dst[:-1], 0o755, time.time_ns())
+        files = 0
+        # (source dir id, destination parent id, name) to copy, breadth first
+        queue: list[tuple[int, int, bytes]] = []
+        sparent = self._walk(src[:-1])[0]
+        assert sparent is not None
+        queue.append((int(sparent[0]), dparent, src[-1]))  # type: ignore[call-overload]
+        rename_top = dst[-1]
+        while queue:
+            sp, dp, name = queue.pop()
+            row = self.db.execute(
+                f"SELECT {_ROW} FROM inode WHERE parent = ? AND name = ?", (sp, name)
+            ).fetchone()
+            new_id = self._next("inode")
+            new_name = rename_top if (sp, name) == (sparent[0], src[-1]) else name
+            self.db.execute(
+                "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, "
+                "goal, trash_time) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (dp, new_name, new_id, *row[1:]),
+            )
+            if row[1] == Kind.FILE:
+                files += 1
+                self._ref(unpack_ids(row[6]), +1)
+            else:
+                for (child,) in self.db.execute(
+                    "SELECT name FROM inode WHERE parent = ?", (row[0],)
+                ).fetchall():
+                    queue.append((int(row[0]), new_id, child))
+        self._log("snapshot", join(src), dest=join(dst))
+        return files
+
+    def _ref(self, ids: tuple[int, ...], delta: int) -> None:
+        for cid in ids:
+            self.db.execute("UPDATE chunk SET refs = refs + ? WHERE id = ?", (delta, cid))
+
+    def set_goal(self, parts: tuple[bytes, ...], goal: int, recursive: bool) -> int:
+        """Set an explicit goal; chunks of affected files follow (raised always, lowered
+        only where no other file shares the chunk). Returns the number of entries changed."""
+        targets = list(self.walk(parts)) if recursive else [self.stat(parts)]
+        changed = self._set_column(targets, "goal", goal)
+        files = [e for e in self.walk(parts) if e.kind is Kind.FILE]
+        for e in files:
+            g = self.stat(_split(e.path)).effective_goal
+            for cid in e.chunks:
+                self.db.execute(
+                    "UPDATE chunk SET goal = CASE WHEN refs > 1 THEN max(goal, ?) ELSE ? END "
+                    "WHERE id = ?",
+                    (g, g, cid),
+                )
+        self._log("setgoal", join(parts), arg=goal)
+        return changed
+
+    def set_trash_time(self, parts: tuple[bytes, ...], seconds: int, recursive: bool) -> int:
+        targets = list(self.walk(parts)) if recursive else [self.stat(parts)]
+        changed = self._set_column(targets, "trash_time", seconds)
+        self._log("settrashtime", join(parts), arg=seconds)
+        return changed
+
+    def _set_column(self, targets: list[Entry], column: str, value: int) -> int:
+        for e in targets:
+            parts = _split(e.path)
+            parent = self._walk(parts[:-1])[0] if parts else None
+            pid, name = (int(parent[0]), parts[-1]) if parent else (0, b"")  # type: ignore[call-overload]
+            self.db.execute(
+                f"UPDATE inode SET {column} = ? WHERE parent = ? AND name = ?", (value, pid, name)
+            )
+        return len(targets)
+
+    # -- trash --------------------------------------------------------------------------------
+
+    def trash_list(self, limit: int = 1000, after: int = 0) -> list[TrashItem]:
+        rows = self.db.execute(
+            "SELECT id, path, size, hash, mtime, deleted, expires FROM trash WHERE id > ? "
+            "ORDER BY id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [TrashItem(*r) for r in rows]
+
+    def undelete(self, trash_id: int, dest: tuple[bytes, ...] | None = None) -> Entry:
+        row = self.db.execute(
+            "SELECT path, mode, mtime, size, hash, chunks, goal FROM trash WHERE id = ?",
+            (trash_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no trash entry {trash_id}")
+        path, mode, mtime, size, hash_, chunks, goal = row
+        parts = dest if dest is not None else _split(path)
+        if self.exists(parts):
+            raise AlreadyExists(f"cannot undelete: {show(join(parts))} exists (give a new path)")
+        parent, _, _ = self._mkdirs(parts[:-1], 0o755, time.time_ns())
+        self.db.execute(
+            "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, goal) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (parent, parts[-1], self._next("inode"), Kind.FILE, mode, mtime, size, hash_, chunks,
+             goal),
+        )
+        self.db.execute("DELETE FROM trash WHERE id = ?", (trash_id,))
+        self._log("undelete", join(parts), arg=size, hash=hash_)
+        return self.stat(parts)
+
+    def purge(self, ids: list[int] | None = None, *, expired_before: int | None = None) -> tuple[
+        int, list[Chunk]
+    ]:
+        """Drop trash entries (given ids, or those expired before a time, or all). Returns
+        (entries dropped, chunks no longer used by anything — the caller deletes their
+        copies *after* this transaction commits)."""
+        if ids is not None:
+            q = "SELECT id, chunks FROM trash WHERE id IN (%s)" % ",".join("?" * len(ids))
+            rows = self.db.execute(q, ids).fetchall()
+            if len(rows) != len(set(ids)):
+                missing = sorted(set(ids) - {r[0] for r in rows})
+                raise NotFound(f"no trash entry {missing[0]}")
+        elif expired_before is not None:
+            rows = self.db.execute(
+                "SELECT id, chunks FROM trash WHERE expires <= ?", (expired_before,)
+            ).fetchall()
+        else:
+            rows = self.db.execute("SELECT id, chunks FROM trash").fetchall()
+        dead: list[Chunk] = []
+        for tid, blob in rows:
+            cids = unpack_ids(blob)
+            self._ref(cids, -1)
+            self.db.execute("DELETE FROM trash WHERE id = ?", (tid,))
+            for c in self.chunks(cids):
+                if c.refs <= 0:
+                    dead.append(c)
+                    self.db.execute("DELETE FROM chunk WHERE id = ?", (c.id,))
+        if rows:
+            self._log("purge", b"/", arg=len(rows))
+        return len(rows), dead
+
+    # -- chunk copies ----------------------------------------------------------------------------
+
+    def set_copies(self, chunk_id: int, add: int = 0, remove: int = 0) -> None:
+        self.db.execute(
+            "UPDATE chunk SET copies = (copies | ?) & ~? WHERE id = ?", (add, remove, chunk_id)
+        )
+
+    def needing_work(self, healthy: int, after: int, limit: int) -> list[Chunk]:
+        """Chunks whose count of copies on healthy volumes differs from their goal."""
+        rows = self.db.execute(
+            "SELECT id, version, size, goal, copies, refs FROM chunk "
+            "WHERE id > ? AND popcount(copies & ?) != goal ORDER BY id LIMIT ?",
+            (after, healthy, limit),
+        ).fetchall()
+        return [Chunk(*r) for r in rows]
+
+    def chunk_page(self, after: int, limit: int) -> list[Chunk]:
+        rows = self.db.execute(
+            "SELECT id, version, size, goal, copies, refs FROM chunk WHERE id > ? "
+            "ORDER BY id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [Chunk(*r) for r in rows]
+
+    def copies_of(self, ids: list[int]) -> dict[int, int]:
+        """chunk id → copies mask, for the ids that exist."""
+        out: dict[int, int] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            q = "SELECT id, copies FROM chunk WHERE id IN (%s)" % ",".join("?" * len(part))
+            out.update(self.db.execute(q, part).fetchall())
+        return out
+
+    # -- volumes ---------------------------------------------------------------------------------
+
+    def volumes(self) -> dict[str, tuple[int, str]]:
+        """path → (volume id, uuid)."""
+        rows = self.db.execute("SELECT path, id, uuid FROM volume").fetchall()
+        return {p: (i, u) for p, i, u in rows}
+
+    def add_volume(self, path: str, uuid: str) -> int:
+        used = {r[0] for r in self.db.execute("SELECT id FROM volume")}
+        vid = next(i for i in range(63) if i not in used)
+        self.db.execute(
+            "INSERT INTO volume (id, path, uuid, added) VALUES (?,?,?,?)",
+            (vid, path, uuid, int(time.time())),
+        )
+        return vid
+
+    def replace_volume(self, vid: int, uuid: str) -> None:
+        """A volume came back empty (new disk): no copy it was said to hold exists any more."""
+        self.db.execute("UPDATE volume SET uuid = ? WHERE id = ?", (uuid, vid))
+        self.db.execute("UPDATE chunk SET copies = copies & ~? WHERE copies & ?", (1 << vid,) * 2)
+
+    # -- changelog -------------------------------------------------------------------------------
+
+    def changes(self, after: int, limit: int = 1000) -> list[Change]:
+        rows = self.db.execute(
+            "SELECT seq, ts, op, path, dest, arg, hash FROM changelog WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [Change(*r) for r in rows]
+
+    def changelog_bounds(self) -> tuple[int, int]:
+        """(oldest kept seq, newest seq); (0, 0) for an empty changelog."""
+        lo, hi = self.db.execute("SELECT min(seq), max(seq) FROM changelog").fetchone()
+        if hi is None:
+            row = self.db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'"
+            ).fetchone()
+            last = int(row[0]) if row else 0
+            return last + 1, last
+        return int(lo), int(hi)
+
+    def trim_changelog(self, before_ms: int) -> int:
+        """Drop entries older than ``before_ms``, always keeping the newest one."""
+        cur = self.db.execute(
+            "DELETE FROM changelog WHERE ts < ? AND seq < (SELECT max(seq) FROM changelog)",
+            (before_ms,),
+        )
+        return cur.rowcount
+
+    # -- status and checks -------------------------------------------------------------------
+
+    def counts(self, healthy: int) -> dict[str, int]:
+        q = self.db.execute
+        files, dirs = q(
+            "SELECT sum(kind = 2), sum(kind = 1) FROM inode"
+        ).fetchone()
+        chunks, under, over, missing, stored = q(
+            "SELECT count(*), sum(popcount(copies & ?1) < goal), sum(popcount(copies & ?1) > goal),"
+            " sum((copies & ?1) = 0), coalesce(sum(size), 0) FROM chunk",
+            (healthy,),
+        ).fetchone()
+        trash, trash_bytes = q("SELECT count(*), coalesce(sum(size), 0) FROM trash").fetchone()
+        lo, hi = self.changelog_bounds()
+        return {
+            "files": int(files or 0),
+            "directories": int(dirs or 0),
+            "chunks": int(chunks or 0),
+            "chunk_bytes": int(stored or 0),
+            "under_goal": int(under or 0),
+            "over_goal": int(over or 0),
+            "missing": int(missing or 0),
+            "trash_files": int(trash or 0),
+            "trash_bytes": int(trash_bytes or 0),
+            "changelog_oldest": lo,
+            "changelog_last": hi,
+        }
+
+    def check_refs(self) -> list[str]:
+        """Recount chunk references from entries and trash; every disagreement as text."""
+        want: dict[int, int] = {}
+        for (blob,) in self.db.execute(
+            "SELECT chunks FROM inode WHERE kind = 2 UNION ALL SELECT chunks FROM trash"
+        ):
+            for cid in unpack_ids(blob):
+                want[cid] = want.get(cid, 0) + 1
+        problems = []
+        have = dict(self.db.execute("SELECT id, refs FROM chunk").fetchall())
+        for cid, n in want.items():
+            if cid not in have:
+                problems.append(f"chunk {cid:016X} is used by {n} file(s) but has no record")
+            elif have[cid] != n:
+                problems.append(f"chunk {cid:016X} has refs={have[cid]}, counted {n}")
+        for cid in have.keys() - want.keys():
+            problems.append(f"chunk {cid:016X} is used by no file")
+        return problems
+
+
+def _split(path: bytes) -> tuple[bytes, ...]:
+    body = path.strip(b"/")
+    return tuple(body.split(b"/")) if body else ()

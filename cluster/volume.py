@@ -1,0 +1,291 @@
+"""A chunk store on a local directory — one per disk, MooseFS chunkserver style.
+
+Layout under the volume root::
+
+    .tandem-volume                  marker: {"uuid": …}; a volume without it is not ours/missing
+    00 … FF/chunk_<ID>_<VER>        the chunk's bytes, raw (so nginx can send the file itself)
+    00 … FF/chunk_<ID>_<VER>.crc    CRC table, only when it is too large for the xattr
+    00 … FF/.tmp.*                  writes in progress (removed by ``remove_temp`` at start)
+
+The CRC32 table (one per 64 KiB block) lives in the ``user.tandem.crc`` extended attribute,
+written before the file's single fsync; chunks over 32 MiB (or filesystems without user
+xattrs) keep it in a ``.crc`` sidecar that is made durable before the data file appears.
+A put is temp file → write → CRC → fsync → rename → fsync of the folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from cluster import crc
+from cluster.errors import (
+    ChunkCorrupt,
+    ChunkMissing,
+    StoreError,
+    VolumeFull,
+    VolumeReadOnly,
+    VolumeUnavailable,
+)
+from cluster.store import ChunkKey, StoreStat
+
+MARKER = ".tandem-volume"
+XATTR = "user.tandem.crc"
+XATTR_MAX = 2048  # bytes of CRC table kept in the xattr (chunks up to 32 MiB)
+FOLDERS = tuple(f"{i:02X}" for i in range(256))
+
+
+def map_os_error(exc: OSError, what: str) -> StoreError:
+    """The one place where OSError becomes a store error."""
+    msg = f"{what}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return VolumeFull(msg)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return VolumeReadOnly(msg)
+    if exc.errno == errno.ENOENT:
+        return VolumeUnavailable(msg)
+    return VolumeUnavailable(msg)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalVolume:
+    """A ``ChunkStore`` over a local directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.name = str(self.root)
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: Path) -> LocalVolume:
+        """Make a new volume: the directory may not exist or must be empty."""
+        root = Path(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if any(root.iterdir()):
+                raise VolumeUnavailable(
+                    f"{root}: directory is not empty and has no {MARKER} marker; "
+                    "refusing to use it as a new volume"
+                )
+            for folder in FOLDERS:
+                (root / folder).mkdir(exist_ok=True)
+            tmp = root / f".{MARKER}.tmp"
+            tmp.write_text(json.dumps({"uuid": str(uuid.uuid4())}))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            tmp.rename(root / MARKER)
+            _fsync_dir(root)
+        except OSError as exc:
+            raise map_os_error(exc, f"{root}: cannot create volume") from None
+        return cls(root)
+
+    def identity(self) -> str:
+        """The uuid in the marker; raises ``VolumeUnavailable`` when it is missing."""
+        try:
+            return str(json.loads((self.root / MARKER).read_text())["uuid"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise VolumeUnavailable(f"{self.root}: no volume marker ({exc})") from None
+
+    def path_of(self, key: ChunkKey) -> Path:
+        return self.root / key.folder / key.name
+
+    def remove_temp(self) -> int:
+        """Delete leftovers of writes interrupted by a crash (call only when none run)."""
+        removed = 0
+        for folder in FOLDERS:
+            try:
+                entries = list(os.scandir(self.root / folder))
+            except OSError:
+                continue
+            for e in entries:
+                if e.name.startswith(".tmp."):
+                    try:
+                        os.unlink(e.path)
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
+
+    # -- the store protocol -----------------------------------------------------------------
+
+    async def put(self, key: ChunkKey, data: bytes) -> None:
+        await asyncio.to_thread(self._put, key, data)
+
+    def _put(self, key: ChunkKey, data: bytes) -> None:
+        final = self.path_of(key)
+        folder = final.parent
+        tmp = folder / f".tmp.{key.name}.{uuid.uuid4().hex[:8]}"
+        table = crc.table(data)
+        try:
+            if len(table) > XATTR_MAX:
+                self._write_file(folder / f".tmp.{key.name}.crc", table, final.with_suffix(".crc"))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if len(table) <= XATTR_MAX:
+                    self._set_crc_xattr(fd, table, folder, key)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            _fsync_dir(folder)
+        except OSError as exc:
+            for leftover in (tmp, folder / f".tmp.{key.name}.crc"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+            raise map_os_error(exc, f"{self.root}: put {key.name}") from None
+
+    def _set_crc_xattr(self, fd: int, table: bytes, folder: Path, key: ChunkKey) -> None:
+        try:
+            os.setxattr(fd, XATTR, table)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            # No user xattrs on this filesystem: the sidecar holds the table.
+            self._write_file(folder / f".tmp.{key.name}.crc", table, folder / f"{key.name}.crc")
+
+    @staticmethod
+    def _write_file(tmp: Path, data: bytes, final: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+
+    async def get(self, key: ChunkKey, offset: int = 0, length: int | None = None) -> bytes:
+        return await asyncio.to_thread(self._get, key, offset, length)
+
+    def _get(self, key: ChunkKey, offset: int, length: int | None) -> bytes:
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            if not (self.root / MARKER).exists():
+                raise VolumeUnavailable(f"{self.root}: volume is missing") from None
+            raise ChunkMissing(f"{self.root}: no chunk {key.name}") from None
+        except OSError as exc:
+            raise map_os_error(exc, f"{self.root}: open {key.name}") from None
+        try:
+            size = os.fstat(fd).st_size
+            table = self._crcs(fd, path)
+            if len(table) != crc.blocks(size) * 4:
+                raise ChunkCorrupt(
+                    f"{self.root}: {key.name} is {size} bytes but its CRC table covers "
+                    f"{len(table) // 4} blocks"
+                )
+            end = size if length is None else min(size, offset + length)
+            if offset < 0 or offset > size or end < offset:
+                raise StoreError(f"{key.name}: range {offset}+{length} outside 0..{size}")
+            first = offset // crc.BLOCK
+            start = first * crc.BLOCK
+            stop = min(size, -(-end // crc.BLOCK) * crc.BLOCK)
+            data = os.pread(fd, stop - start, start) if stop > start else b""
+            if len(data) != stop - start:
+                raise ChunkCorrupt(f"{self.root}: {key.name} short read")
+            bad = crc.bad_block(table, first, data)
+            if bad is not None:
+                raise ChunkCorrupt(f"{self.root}: {key.name} CRC mismatch in block {bad}")
+            return data[offset - start : end - start]
+        except OSError as exc:
+            raise map_os_error(exc, f"{self.root}: read {key.name}") from None
+        finally:
+            os.close(fd)
+
+    def _crcs(self, fd: int, path: Path) -> bytes:
+        try:
+            return os.getxattr(fd, XATTR)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+        try:
+            return path.with_suffix(".crc").read_bytes()
+        except FileNotFoundError:
+            raise ChunkCorrupt(f"{path}: no CRC table") from None
+
+    async def head(self, key: ChunkKey) -> int | None:
+        return await asyncio.to_thread(self._head, key)
+
+    def _head(self, key: ChunkKey) -> int | None:
+        try:
+            return os.stat(self.path_of(key)).st_size
+        except FileNotFoundError:
+            if not (self.root / MARKER).exists():
+                raise VolumeUnavailable(f"{self.root}: volume is missing") from None
+            return None
+        except OSError as exc:
+            raise map_os_error(exc, f"{self.root}: stat {key.name}") from None
+
+    async def delete(self, key: ChunkKey) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    def _delete(self, key: ChunkKey) -> None:
+        path = self.path_of(key)
+        for p in (path.with_suffix(".crc"), path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise map_os_error(exc, f"{self.root}: delete {key.name}") from None
+
+    async def list(self) -> AsyncIterator[ChunkKey]:
+        if not (self.root / MARKER).exists():
+            raise VolumeUnavailable(f"{self.root}: volume is missing")
+        for folder in FOLDERS:
+            names = await asyncio.to_thread(_listdir, self.root / folder)
+            for name in names:
+                key = parse_name(name)
+                if key is not None:
+                    yield key
+
+    async def stat(self) -> StoreStat:
+        return await asyncio.to_thread(self._stat)
+
+    def _stat(self) -> StoreStat:
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            return StoreStat(0, 0, False, f"cannot stat: {exc.strerror}")
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        if not (self.root / MARKER).exists():
+            return StoreStat(total, free, False, "volume marker missing")
+        if st.f_flag & os.ST_RDONLY:
+            return StoreStat(total, free, False, "read-only filesystem")
+        return StoreStat(total, free, True)
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise map_os_error(exc, f"list {path}") from None
+
+
+def parse_name(name: str) -> ChunkKey | None:
+    """``chunk_<ID>_<VER>`` → key; anything else (temp files, sidecars) → None."""
+    parts = name.split("_")
+    if len(parts) != 3 or parts[0] != "chunk" or len(parts[1]) != 16 or len(parts[2]) != 8:
+        return None
+    try:
+        return ChunkKey(int(parts[1], 16), int(parts[2], 16))
+    except ValueError:
+        return None
