@@ -176,7 +176,7 @@ async def scrub_pass(m: Master) -> None:
             await scrub_chunk(m, c)
     m.stats["scrub_passes"] = m.stats.get("scrub_passes", 0) + 1
     m.stats["last_scrub"] = time.time()
-    log.info("scrub.pass", seconds=round(time.monotonic() - started, 3))
+    log.debug("scrub.pass", seconds=round(time.monotonic() - started, 3))
 
 
 async def scrub_chunk(m: Master, c: Chunk) -> None:

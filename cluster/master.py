@@ -154,6 +154,10 @@ class Master:
         os.write(fd, f"pid {os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def announce(self, url: str) -> None:
+        """Record in the lock file where this master listens (local CLI commands read it)."""
+        os.pwrite(self._lock_fd, f"pid {os.getpid()}\nurl {url}\n".encode(), 0)
+
     def _release_lock(self) -> None:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
@@ -599,6 +603,11 @@ class Master:
             for v in self.volumes.values()
         ]
         return {"volumes": vols, **counts, "background": dict(self.stats)}
+
+    async def fsck(self, verify: bool = False, repair: bool = False) -> dict[str, Any]:
+        from cluster.fsck import fsck
+
+        return await fsck(self, verify=verify, repair=repair)
 
     async def changes(self, after: int, limit: int = 1000) -> list[Any]:
         return await self._db(self.meta.changes, after, limit)

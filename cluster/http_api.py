@@ -1,0 +1,216 @@
+"""The master's HTTP API for remote clients (sanic; handlers stay thin over ``Master``).
+
+Paths travel percent-encoded in the ``path`` query parameter (raw bytes, so names that are not
+UTF-8 survive). Errors come back as ``{"error": <class name>, "message": …}`` with the status
+the error class names, and ``RemoteCluster`` re-raises the same class.
+
+    GET  /healthz                       alive
+    PUT  /v1/file?path=P[&mode=&mtime_ns=]   streamed body → put; 201 + entry JSON
+    GET  /v1/file?path=P                the bytes; one ``Range: bytes=a-b`` → 206
+    GET  /v1/stat|ls|walk|fileinfo|checkfile?path=P
+    GET  /v1/status | /v1/trash?after=&limit= | /v1/changes?after=&limit=&wait=
+    POST /v1/mkdir|rm|mv|snapshot|setgoal|settrashtime|undelete|purge|fsck   JSON body
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, JSONResponse, json
+
+from cluster import wire
+from cluster.errors import ClusterError, InvalidArgument
+from cluster.master import Master
+
+
+def _query(request: Request) -> dict[str, bytes]:
+    """Query parameters as raw bytes (percent-decoding without assuming UTF-8)."""
+    pairs = parse_qsl(request.query_string, keep_blank_values=True, encoding="latin-1")
+    return {k: v.encode("latin-1") for k, v in pairs}
+
+
+def _int(q: dict[str, bytes], name: str, default: int | None = None) -> int | None:
+    if name not in q:
+        return default
+    try:
+        return int(q[name])
+    except ValueError:
+        raise InvalidArgument(f"query parameter {name!r} must be an integer") from None
+
+
+def _path(q: dict[str, bytes]) -> bytes:
+    if "path" not in q:
+        raise InvalidArgument("missing query parameter 'path'")
+    return q["path"]
+
+
+def _body(request: Request) -> dict[str, Any]:
+    data = request.json
+    if not isinstance(data, dict):
+        raise InvalidArgument("expected a JSON object body")
+    return data
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range → (offset, length), or None."""
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise InvalidArgument(f"unsupported Range header: {header!r}")
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            return (max(0, size - n), min(n, size))
+        lo = int(first)
+        hi = int(last) if last else size - 1
+    except ValueError:
+        raise InvalidArgument(f"malformed Range header: {header!r}") from None
+    if lo > hi or lo >= size:
+        return None
+    hi = min(hi, size - 1)
+    return lo, hi - lo + 1
+
+
+def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
+    app: Sanic[Any, Any] = Sanic(name, configure_logging=False)
+    app.config.REQUEST_MAX_SIZE = 1 << 40
+    app.config.REQUEST_TIMEOUT = 300
+    app.config.RESPONSE_TIMEOUT = 3600
+    app.config.KEEP_ALIVE_TIMEOUT = 30
+    app.ctx.master = master
+    m = master
+
+    @app.exception(ClusterError)
+    async def cluster_error(request: Request, exc: ClusterError) -> JSONResponse:
+        return json({"error": type(exc).__name__, "message": str(exc)}, status=exc.status)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        return json({"ok": True})
+
+    @app.put("/v1/file", stream=True)
+    async def put_file(request: Request) -> JSONResponse:
+        q = _query(request)
+
+        async def body() -> AsyncIterator[bytes]:
+            assert request.stream is not None
+            while (piece := await request.stream.read()) is not None:
+                yield piece
+
+        entry = await m.put(
+            _path(q), body(), mode=_int(q, "mode", 0o644) or 0, mtime_ns=_int(q, "mtime_ns")
+        )
+        return json(wire.entry_json(entry), status=201)
+
+    @app.get("/v1/file")
+    async def get_file(request: Request) -> HTTPResponse | None:
+        entry, chunks = await m.open(_path(_query(request)))
+        offset, length, status = 0, entry.size, 200
+        headers = {"ETag": f'"{entry.hash.hex() if entry.hash else ""}"', "Accept-Ranges": "bytes"}
+        if (rng := request.headers.get("range")) is not None:
+            r = parse_range(rng, entry.size)
+            if r is None:
+                return json({"error": "RangeNotSatisfiable", "message": rng}, status=416,
+                            headers={"Content-Range": f"bytes */{entry.size}"})
+            offset, length, status = r[0], r[1], 206
+            headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{entry.size}"
+        headers["Content-Length"] = str(length)
+        pieces = m.read_chunks(entry, chunks, offset, length)
+        first = await anext(pieces, b"")  # storage errors surface before any header is sent
+        resp = await request.respond(
+            status=status, headers=headers, content_type="application/octet-stream"
+        )
+        assert resp is not None
+        await resp.send(first)
+        async for piece in pieces:
+            await resp.send(piece)
+        await resp.eof()
+        return None
+
+    @app.get("/v1/stat")
+    async def stat(request: Request) -> JSONResponse:
+        return json(wire.entry_json(await m.stat(_path(_query(request)))))
+
+    @app.get("/v1/ls")
+    async def ls(request: Request) -> JSONResponse:
+        return json([wire.entry_json(e) for e in await m.ls(_path(_query(request)))])
+
+    @app.get("/v1/walk")
+    async def walk(request: Request) -> JSONResponse:
+        return json([wire.entry_json(e) for e in await m.walk(_path(_query(request)))])
+
+    @app.get("/v1/fileinfo")
+    async def fileinfo(request: Request) -> JSONResponse:
+        entry, infos = await m.fileinfo(_path(_query(request)))
+        return json({"entry": wire.entry_json(entry),
+                     "chunks": [wire.chunkinfo_json(i) for i in infos]})
+
+    @app.get("/v1/checkfile")
+    async def checkfile(request: Request) -> JSONResponse:
+        return json(await m.checkfile(_path(_query(request))))
+
+    @app.get("/v1/status")
+    async def status(request: Request) -> JSONResponse:
+        return json(await m.status())
+
+    @app.get("/v1/trash")
+    async def trash(request: Request) -> JSONResponse:
+        q = _query(request)
+        items = await m.trash_list(_int(q, "limit", 1000) or 1000, _int(q, "after", 0) or 0)
+        return json([wire.trash_json(t) for t in items])
+
+    @app.get("/v1/changes")
+    async def changes(request: Request) -> JSONResponse:
+        """Long poll: entries after ``after``, waiting up to ``wait`` seconds for one."""
+        q = _query(request)
+        after, limit = _int(q, "after", 0) or 0, _int(q, "limit", 1000) or 1000
+        wait = min(_int(q, "wait", 0) or 0, 60)
+        oldest, last = await m.changelog_bounds()
+        if after < oldest - 1:
+            return json({"error": "ChangelogTrimmed", "oldest": oldest,
+                         "message": f"cursor {after} is behind retention (oldest {oldest})"},
+                        status=410)
+        if last <= after and wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(m.changed.wait(), wait)
+        return json([wire.change_json(c) for c in await m.changes(after, limit)])
+
+    @app.post("/v1/<op:str>")
+    async def op(request: Request, op: str) -> JSONResponse:
+        b = _body(request)
+
+        def p(key: str = "path") -> bytes:
+            if not isinstance(b.get(key), str):
+                raise InvalidArgument(f"body needs a string {key!r}")
+            return wire.dec(b[key])
+
+        rec = bool(b.get("recursive", False))
+        match op:
+            case "mkdir":
+                return json(wire.entry_json(await m.mkdir(p())))
+            case "rm":
+                return json({"files": await m.rm(p(), rec)})
+            case "mv":
+                return json(wire.entry_json(await m.mv(p("src"), p("dst"))))
+            case "snapshot":
+                return json({"files": await m.snapshot(p("src"), p("dst"))})
+            case "setgoal":
+                return json({"changed": await m.setgoal(p(), int(b.get("goal", 0)), rec)})
+            case "settrashtime":
+                return json({"changed": await m.settrashtime(p(), int(b.get("seconds", -1)), rec)})
+            case "undelete":
+                dest = wire.dec(b["dest"]) if b.get("dest") is not None else None
+                return json(wire.entry_json(await m.undelete(int(b.get("id", 0)), dest)))
+            case "purge":
+                ids = b.get("ids")
+                return json({"purged": await m.purge(ids, bool(b.get("expired", False)))})
+            case "fsck":
+                return json(await m.fsck(bool(b.get("verify")), bool(b.get("repair"))))
+        return json({"error": "NotFound", "message": f"no operation {op!r}"}, status=404)
+
+    return app

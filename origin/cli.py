@@ -1,0 +1,69 @@
+"""The ``tandem`` command: one console script, argparse subcommands.
+
+    tandem [--config FILE] config check|show
+    tandem [--config FILE] cluster COMMAND …       (see cluster/cli.py)
+    tandem [--config FILE] up [--no-demo]
+
+``main(argv) -> int`` is what tests call. User errors print one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from cluster import cli as cluster_cli
+from cluster.config import ConfigError
+from cluster.errors import ClusterError
+from origin import config as config_mod
+from origin import logs
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tandem", description="static-asset CDN origin on a chunked, replicated cluster"
+    )
+    p.add_argument("--config", type=Path, help="TOML config file (default: ./tandem.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = sub.add_parser("config", help="check or show the effective configuration")
+    c.add_argument("action", choices=["check", "show"])
+    cluster_cli.add_parser(sub)
+    u = sub.add_parser("up", help="run the whole system on this machine (embedded default)")
+    u.add_argument("--no-demo", action="store_true", help="do not load the demo dataset")
+    u.add_argument("--listen", help="HOST:PORT for the master (default: cluster.listen)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config or Path("tandem.toml"), required=args.config is not None)
+    except ConfigError as exc:
+        print(f"tandem: config error: {exc}", file=sys.stderr)
+        return 1
+    server = args.command == "up" or (args.command == "cluster" and args.cmd == "serve")
+    logs.configure(cfg.log.level if server else "warning", role=args.command,
+                   stream=sys.stdout if server else sys.stderr)
+    try:
+        if args.command == "config":
+            if args.action == "show":
+                sys.stdout.write(config_mod.render(cfg))
+            else:
+                print(f"config ok ({cfg.source or 'built-in defaults'})")
+            return 0
+        if args.command == "up":
+            from origin.up import up
+
+            return asyncio.run(up(cfg, demo=not args.no_demo, listen=args.listen))
+        return asyncio.run(cluster_cli.run(args, cfg.cluster))
+    except ClusterError as exc:
+        print(f"tandem: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
