@@ -27,7 +27,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from cluster.errors import ChunkCorrupt, ChunkMissing, ClusterError, StoreError
@@ -88,7 +89,8 @@ def _retrying() -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception(lambda e: isinstance(e, ClusterError) and e.retryable),
         stop=stop_after_attempt(3),
-        wait=wait_exponential_jitter(initial=0.2, max=2.0),
+        # exponential backoff with jitter; wait_exponential_jitter(initial=) is deprecated
+        wait=wait_exponential(multiplier=0.2, max=2.0) + wait_random(0, 1),
         reraise=True,
     )
 

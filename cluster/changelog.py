@@ -66,6 +66,7 @@ class ChangeFeed:
         try:
             wm.add_watch(str(self.meta_dir), pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_WRITE)
             with self._meta() as meta:
+                delay = self.poll
                 while True:
                     wake.clear()
                     changes = await asyncio.to_thread(self._read, meta, cursor)
@@ -73,7 +74,12 @@ class ChangeFeed:
                         yield change
                         cursor = change.seq
                     if len(changes) < self.batch:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wake.wait(), self.poll)
+                        try:
+                            await asyncio.wait_for(wake.wait(), delay)
+                            # The event comes when the WAL is written, before the commit is
+                            # fsynced and visible: after one, look again soon (backing off).
+                            delay = 0.01
+                        except TimeoutError:
+                            delay = min(delay * 2, self.poll)
         finally:
             notifier.stop()

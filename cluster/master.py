@@ -207,11 +207,12 @@ class Master:
         """Refresh every volume's state from the disk (the health checker calls this)."""
         known = await self._db(self.meta.volumes)
         for vol in self.volumes.values():
-            st = await vol.store.stat()
-            vol.total, vol.free = st.total, st.free
             state, reason = "ok", ""
             if isinstance(vol.store, LocalVolume):
                 state, reason = await self._local_state(vol, known[vol.path][1])
+            # stat after _local_state: it may just have adopted a replaced (empty) disk
+            st = await vol.store.stat()
+            vol.total, vol.free = st.total, st.free
             if state == "ok" and not st.healthy:
                 state, reason = ("readonly" if "read-only" in st.reason else "missing"), st.reason
             if state == "ok" and vol.state == "full" and st.free < 2 * self.cfg.chunk_size:

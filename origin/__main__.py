@@ -1,0 +1,5 @@
+"""``python -m origin`` is ``tandem``."""
+
+from origin.cli import entry
+
+entry()

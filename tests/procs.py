@@ -1,0 +1,91 @@
+"""Real tandem processes for tests: spawn, read the JSON "listening" line, kill by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+
+def write_config(tmp: Path, **cluster: object) -> Path:
+    """A tandem.toml under ``tmp`` with fast background intervals and 3 volumes."""
+    opts = {"health_interval": 0.2, "work_interval": 0.2, "replication_delay": 1.0}
+    opts.update(cluster)
+    lines = [f'data_dir = "{tmp}/var"', "[cluster]", 'listen = "127.0.0.1:0"']
+    for k, v in opts.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    path = tmp / "tandem.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Proc:
+    """A tandem subprocess whose stdout is JSON log lines."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "origin", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: list[dict[str, object]] = []
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def wait_event(self, event: str, timeout: float = 20.0) -> dict[str, object]:
+        """Read log lines until one with ``event``; fail with stderr if the process dies."""
+        assert self.p.stdout is not None
+        deadline = time.monotonic() + timeout
+        out: IO[bytes] = self.p.stdout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([out], [], [], 0.2)
+            if not ready:
+                if self.p.poll() is not None:
+                    break
+                continue
+            line = out.readline()
+            if not line:
+                break
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            self.lines.append(rec)
+            if rec.get("event") == event:
+                return rec
+        err = self.p.stderr.read().decode() if self.p.poll() is not None and self.p.stderr else ""
+        raise AssertionError(f"no {event!r} from pid {self.pid} (exit {self.p.poll()}): {err}")
+
+    def kill9(self) -> None:
+        os.kill(self.p.pid, signal.SIGKILL)
+        self.p.wait(10)
+        self._close()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGTERM)
+        try:
+            return self.p.wait(timeout)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for f in (self.p.stdout, self.p.stderr):
+            if f is not None:
+                f.close()
+
+
+def start_master(config: Path) -> tuple[Proc, str]:
+    proc = Proc(["--config", str(config), "cluster", "serve"], config.parent)
+    rec = proc.wait_event("master.listening")
+    return proc, str(rec["url"])
