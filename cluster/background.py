@@ -46,7 +46,7 @@ PAGE = 500
 
 def start(m: Master) -> list[asyncio.Task[None]]:
     cfg = m.cfg
-    loops: list[tuple[str, float, Callable[[Master], Awaitable[None]]]] = [
+    loops: list[tuple[str, float, Callable[[Master], Awaitable[object]]]] = [
         ("health", cfg.health_interval, lambda m: m.check_volumes()),
         ("replicate", cfg.work_interval, replicate_pass),
         ("purge", cfg.work_interval, purge_pass),
@@ -58,7 +58,9 @@ def start(m: Master) -> list[asyncio.Task[None]]:
     return tasks
 
 
-async def _every(m: Master, name: str, interval: float, fn: Callable[[Master], Awaitable[None]]):
+async def _every(
+    m: Master, name: str, interval: float, fn: Callable[[Master], Awaitable[object]]
+) -> None:
     while True:
         try:
             await fn(m)

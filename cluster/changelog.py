@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +20,10 @@ import pyinotify
 from cluster import schema
 from cluster.errors import ChangelogTrimmed
 from cluster.meta import Change, Meta
+
+#: Seconds after an inotify event during which the feed re-reads often (the commit that
+#: caused it becomes visible only after its fsync).
+SETTLE = 2.0
 
 
 class ChangeFeed:
@@ -66,7 +71,7 @@ class ChangeFeed:
         try:
             wm.add_watch(str(self.meta_dir), pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_WRITE)
             with self._meta() as meta:
-                delay = self.poll
+                delay, event_at = self.poll, float("-inf")
                 while True:
                     wake.clear()
                     changes = await asyncio.to_thread(self._read, meta, cursor)
@@ -77,9 +82,11 @@ class ChangeFeed:
                         try:
                             await asyncio.wait_for(wake.wait(), delay)
                             # The event comes when the WAL is written, before the commit is
-                            # fsynced and visible: after one, look again soon (backing off).
-                            delay = 0.01
+                            # fsynced and visible: after one, keep looking every 0.1 s or
+                            # sooner for a while, even if no further event comes.
+                            delay, event_at = 0.01, time.monotonic()
                         except TimeoutError:
-                            delay = min(delay * 2, self.poll)
+                            recent = time.monotonic() - event_at < SETTLE
+                            delay = min(delay * 2, 0.1, self.poll) if recent else self.poll
         finally:
             notifier.stop()

@@ -256,7 +256,8 @@ def _long(e: Entry) -> bytes:
     kind = "d" if e.is_dir else "-"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime_ns / 1e9))
     h = e.hash.hex()[:16] if e.hash else "-"
-    return f"{kind}{stat_mod.filemode(e.mode)[1:]} {e.effective_goal} {e.size:>12} {when} {h} ".encode() + e.path
+    mode = stat_mod.filemode(e.mode)[1:]
+    return f"{kind}{mode} {e.effective_goal} {e.size:>12} {when} {h} ".encode() + e.path
 
 
 async def _ls(c: Any, args: argparse.Namespace) -> int:
@@ -392,8 +393,9 @@ async def _status(c: Any, args: argparse.Namespace) -> int:
     gib = 1 << 30
     out("volumes:")
     for v in s["volumes"]:
+        why = f"  ({v['reason']})" if v["reason"] else ""
         out(f"  {v['id']:>2} {v['state']:<8} {v['used'] / gib:8.2f} GiB used "
-            f"{v['free'] / gib:8.2f} GiB free  {v['path']}" + (f"  ({v['reason']})" if v['reason'] else ""))
+            f"{v['free'] / gib:8.2f} GiB free  {v['path']}{why}")
     out(f"files: {s['files']}  directories: {s['directories']}  chunks: {s['chunks']} "
         f"({s['chunk_bytes']} bytes)")
     out(f"under goal: {s['under_goal']}  over goal: {s['over_goal']}  missing: {s['missing']}")

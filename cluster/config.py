@@ -90,7 +90,7 @@ class Table:
             return None
         value = self.data[name]
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError(f"{self.key(name)}: expected an array of tables ([[{self.key(name)}]])")
+            raise ConfigError(f"{self.key(name)}: expected an array of tables [[{self.key(name)}]]")
         return [Table(v, f"{self.key(name)}[{i}]", self.base) for i, v in enumerate(value)]
 
     def done(self) -> None:

@@ -99,7 +99,7 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
 
         async def body() -> AsyncIterator[bytes]:
             assert request.stream is not None
-            while (piece := await request.stream.read()) is not None:
+            while (piece := await request.stream.read()) is not None:  # type: ignore[attr-defined]
                 yield piece
 
         entry = await m.put(

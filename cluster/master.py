@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import time
@@ -193,7 +194,7 @@ class Master:
             else:
                 store = await asyncio.to_thread(LocalVolume.create, Path(path))
                 uuid = store.identity()
-                vid = await self._mutate(lambda p=path, u=uuid: self.meta.add_volume(p, u))
+                vid = await self._mutate(functools.partial(self.meta.add_volume, path, uuid))
                 vol = Volume(vid, path, store)
                 log.info("volume.added", volume=path, id=vid)
             self.volumes[vol.id] = vol
@@ -456,7 +457,10 @@ class Master:
         """Read from any good copy; bad copies found on the way are reported and dropped."""
         key = ChunkKey(c.id, c.version)
         order = [v for v in self.volumes.values() if c.copies & v.bit and v.readable]
-        order = order[self._rotation % len(order) :] + order[: self._rotation % len(order)] if order else []
+        if order:  # spread reads over the copies
+            self._rotation += 1
+            turn = self._rotation % len(order)
+            order = order[turn:] + order[:turn]
         bad: list[Volume] = []
         for v in order:
             try:
@@ -565,7 +569,7 @@ class Master:
     async def checkfile(self, path: bytes | str) -> dict[str, Any]:
         """Per chunk: copies that exist and read back (size checked) versus the goal."""
         entry, infos = await self.fileinfo(path)
-        out = []
+        out: list[dict[str, Any]] = []
         for info in infos:
             key = ChunkKey(info.chunk.id, info.chunk.version)
             good = 0

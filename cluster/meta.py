@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from cluster.errors import (
     AlreadyExists,
@@ -176,46 +177,46 @@ class Meta:
 
     # -- lookups ------------------------------------------------------------------------------
 
-    def _row(self, parent: int, name: bytes) -> tuple[object, ...] | None:
-        row: tuple[object, ...] | None = self.db.execute(
+    def _row(self, parent: int, name: bytes) -> Any:
+        row: Any = self.db.execute(
             f"SELECT {_ROW} FROM inode WHERE parent = ? AND name = ?", (parent, name)
         ).fetchone()
         return row
 
-    def _walk(self, parts: tuple[bytes, ...]) -> tuple[tuple[object, ...] | None, int, int, int]:
+    def _walk(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
         """Resolve ``parts``: (row or None, parent id, effective goal, effective trash time).
         Raises ``NotFound`` when a parent is missing, ``NotADirectory`` when one is a file."""
         row = self._row(0, b"")
         assert row is not None, "metadata has no root"
-        goal = int(row[7]) if row[7] is not None else self.default_goal  # type: ignore[call-overload]
-        trash = int(row[8]) if row[8] is not None else self.default_trash_time  # type: ignore[call-overload]
+        goal = int(row[7]) if row[7] is not None else self.default_goal
+        trash = int(row[8]) if row[8] is not None else self.default_trash_time
         parent = ROOT_ID
         for i, name in enumerate(parts):
             if row is None:
                 raise NotFound(f"no such directory: {show(join(parts[:i]))}")
             if row[1] != Kind.DIR:
                 raise NotADirectory(f"not a directory: {show(join(parts[:i]))}")
-            parent = int(row[0])  # type: ignore[call-overload]
+            parent = int(row[0])
             row = self._row(parent, name)
             if row is not None:
-                goal = int(row[7]) if row[7] is not None else goal  # type: ignore[call-overload]
-                trash = int(row[8]) if row[8] is not None else trash  # type: ignore[call-overload]
+                goal = int(row[7]) if row[7] is not None else goal
+                trash = int(row[8]) if row[8] is not None else trash
         return row, parent, goal, trash
 
     @staticmethod
-    def _entry(path: bytes, row: tuple[object, ...], goal: int, trash: int) -> Entry:
+    def _entry(path: bytes, row: Any, goal: int, trash: int) -> Entry:
         id_, kind, mode, mtime, size, hash_, chunks, g, t = row
         return Entry(
             path=path,
-            id=int(id_),  # type: ignore[call-overload]
+            id=int(id_),
             kind=Kind(kind),
-            mode=int(mode),  # type: ignore[call-overload]
-            mtime_ns=int(mtime),  # type: ignore[call-overload]
-            size=int(size),  # type: ignore[call-overload]
-            hash=hash_,  # type: ignore[arg-type]
-            chunks=unpack_ids(chunks),  # type: ignore[arg-type]
-            goal=g,  # type: ignore[arg-type]
-            trash_time=t,  # type: ignore[arg-type]
+            mode=int(mode),
+            mtime_ns=int(mtime),
+            size=int(size),
+            hash=hash_,
+            chunks=unpack_ids(chunks),
+            goal=g,
+            trash_time=t,
             effective_goal=goal,
             effective_trash_time=trash,
         )
@@ -252,13 +253,13 @@ class Meta:
         yield top
         if not top.is_dir:
             return
-        stack = [(parts, top)]
+        stack = [parts]
         while stack:
-            base, d = stack.pop()
+            base = stack.pop()
             for e in self.listdir(base):
                 yield e
                 if e.is_dir:
-                    stack.append((base + (e.path.rsplit(b"/", 1)[1],), e))
+                    stack.append((*base, e.path.rsplit(b"/", 1)[1]))
 
     def chunks(self, ids: tuple[int, ...]) -> list[Chunk]:
         out = []
@@ -275,7 +276,7 @@ class Meta:
 
     def _mkdirs(self, parts: tuple[bytes, ...], mode: int, now_ns: int) -> tuple[int, int, int]:
         """Make every missing directory of ``parts``; (dir id, effective goal, trash time)."""
-        row, parent, goal, trash = self._walk(())
+        row, _, goal, trash = self._walk(())
         assert row is not None
         current = ROOT_ID
         for i, name in enumerate(parts):
@@ -291,9 +292,9 @@ class Meta:
                 continue
             if row[1] != Kind.DIR:
                 raise NotADirectory(f"not a directory: {show(join(parts[: i + 1]))}")
-            current = int(row[0])  # type: ignore[call-overload]
-            goal = int(row[7]) if row[7] is not None else goal  # type: ignore[call-overload]
-            trash = int(row[8]) if row[8] is not None else trash  # type: ignore[call-overload]
+            current = int(row[0])
+            goal = int(row[7]) if row[7] is not None else goal
+            trash = int(row[8]) if row[8] is not None else trash
         return current, goal, trash
 
     def mkdir(self, parts: tuple[bytes, ...], mode: int = 0o755, parents: bool = True) -> Entry:
@@ -341,7 +342,7 @@ class Meta:
             if old[1] == Kind.DIR:
                 raise IsADirectory(f"is a directory: {show(join(parts))}")
             old_entry = self._entry(join(parts), old, eff_goal, eff_trash)
-            file_goal = int(old[7]) if old[7] is not None else None  # type: ignore[call-overload]
+            file_goal = int(old[7]) if old[7] is not None else None
             self._to_trash(old_entry)
             self.db.execute("DELETE FROM inode WHERE parent = ? AND name = ?", (parent, parts[-1]))
         else:
@@ -377,9 +378,9 @@ class Meta:
         if not parts:
             raise InvalidArgument("refusing to remove the root directory")
         top = self.stat(parts)
-        if top.is_dir and not recursive:
-            if self.db.execute("SELECT 1 FROM inode WHERE parent = ? LIMIT 1", (top.id,)).fetchone():
-                raise DirectoryNotEmpty(f"directory not empty: {show(top.path)} (use -r)")
+        has_child = "SELECT 1 FROM inode WHERE parent = ? LIMIT 1"
+        if top.is_dir and not recursive and self.db.execute(has_child, (top.id,)).fetchone():
+            raise DirectoryNotEmpty(f"directory not empty: {show(top.path)} (use -r)")
         entries = list(self.walk(parts))
         files = 0
         for e in entries:
@@ -436,7 +437,7 @@ class Meta:
         queue: list[tuple[int, int, bytes]] = []
         sparent = self._walk(src[:-1])[0]
         assert sparent is not None
-        queue.append((int(sparent[0]), dparent, src[-1]))  # type: ignore[call-overload]
+        queue.append((int(sparent[0]), dparent, src[-1]))
         rename_top = dst[-1]
         while queue:
             sp, dp, name = queue.pop()
@@ -492,7 +493,7 @@ class Meta:
         for e in targets:
             parts = _split(e.path)
             parent = self._walk(parts[:-1])[0] if parts else None
-            pid, name = (int(parent[0]), parts[-1]) if parent else (0, b"")  # type: ignore[call-overload]
+            pid, name = (int(parent[0]), parts[-1]) if parent else (0, b"")
             self.db.execute(
                 f"UPDATE inode SET {column} = ? WHERE parent = ? AND name = ?", (value, pid, name)
             )
@@ -537,7 +538,7 @@ class Meta:
         (entries dropped, chunks no longer used by anything — the caller deletes their
         copies *after* this transaction commits)."""
         if ids is not None:
-            q = "SELECT id, chunks FROM trash WHERE id IN (%s)" % ",".join("?" * len(ids))
+            q = "SELECT id, chunks FROM trash WHERE id IN ({})".format(",".join("?" * len(ids)))
             rows = self.db.execute(q, ids).fetchall()
             if len(rows) != len(set(ids)):
                 missing = sorted(set(ids) - {r[0] for r in rows})
@@ -590,7 +591,7 @@ class Meta:
         out: dict[int, int] = {}
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
-            q = "SELECT id, copies FROM chunk WHERE id IN (%s)" % ",".join("?" * len(part))
+            q = "SELECT id, copies FROM chunk WHERE id IN ({})".format(",".join("?" * len(part)))
             out.update(self.db.execute(q, part).fetchall())
         return out
 

@@ -7,8 +7,8 @@ re-raises the error class the master raised; a master that cannot be reached rai
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
 import os
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 

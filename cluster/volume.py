@@ -16,6 +16,7 @@ A put is temp file → write → CRC → fsync → rename → fsync of the folde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -146,10 +147,8 @@ class LocalVolume:
             _fsync_dir(folder)
         except OSError as exc:
             for leftover in (tmp, folder / f".tmp.{key.name}.crc"):
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(leftover)
-                except OSError:
-                    pass
             raise map_os_error(exc, f"{self.root}: put {key.name}") from None
 
     def _set_crc_xattr(self, fd: int, table: bytes, folder: Path, key: ChunkKey) -> None:

@@ -74,7 +74,8 @@ def chunkinfo_json(c: ChunkInfo) -> dict[str, Any]:
 
 def chunkinfo_from(d: dict[str, Any]) -> ChunkInfo:
     chunk = Chunk(d["id"], d["version"], d["size"], d["goal"], d["copies_mask"], d["refs"])
-    return ChunkInfo(chunk, tuple(CopyInfo(c["volume"], c["path"], c["state"]) for c in d["copies"]))
+    copies = tuple(CopyInfo(c["volume"], c["path"], c["state"]) for c in d["copies"])
+    return ChunkInfo(chunk, copies)
 
 
 def trash_json(t: TrashItem) -> dict[str, Any]:

@@ -13,7 +13,8 @@ def png(rgb: tuple[int, int, int], size: int = 64) -> bytes:
     """A solid-colour PNG (zlib and struct are all a one-colour image needs)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     row = b"\x00" + bytes(rgb) * size
     ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)

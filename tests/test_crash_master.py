@@ -65,6 +65,7 @@ async def test_kill9_master_during_2000_puts(tmp_path: Path) -> None:
     shared = {"client": RemoteCluster(url, timeout=10)}
     acked: dict[str, str] = {}
     sem = asyncio.Semaphore(CONCURRENCY)
+    enough = asyncio.Event()
 
     async def one(i: int) -> None:
         path = f"/crash/{i // 100:02d}/f{i:04d}.bin"
@@ -72,11 +73,12 @@ async def test_kill9_master_during_2000_puts(tmp_path: Path) -> None:
         async with sem:
             await _put_with_retry(shared, path, data)
         acked[path] = hashlib.sha256(data).hexdigest()
+        if len(acked) >= 700:
+            enough.set()
 
     client = asyncio.gather(*(one(i) for i in range(FILES)))
     try:
-        while len(acked) < 700:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(enough.wait(), 120)
         master.kill9()
         acked_at_kill = dict(acked)
 
