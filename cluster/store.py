@@ -11,7 +11,8 @@ A store holds immutable chunks named by ``ChunkKey`` (id, version). Every implem
 - ``stat``: capacity and health.
 
 Errors are the cluster's ``StoreError`` subclasses, mapped once inside each implementation.
-``tests/test_store_conformance.py`` is the suite every implementation passes.
+``tests/conformance.py`` (``StoreConformance``) is the suite every implementation passes;
+``tests/test_store_local.py`` runs it against ``LocalVolume``.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_cluster_tools_in_process(tmp_path: Path, capfdbinary) -> None:
 @pytest.mark.slow
 def test_cluster_tools_against_running_master(tmp_path: Path, capfdbinary) -> None:
     cfg = write_config(tmp_path)
-    master, url = start_master(cfg)
+    master, _ = start_master(cfg)
     try:
         # The master holds the metadata lock, so every command here goes over HTTP.
         _cluster_session(str(cfg), tmp_path, capfdbinary)
