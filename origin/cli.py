@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     server = args.command == "up" or (args.command == "cluster" and args.cmd == "serve")
     logs.configure(cfg.log.level if server else "warning", role=args.command,
-                   stream=sys.stdout if server else sys.stderr)
+                   to_stderr=not server)
     try:
         if args.command == "config":
             if args.action == "show":

@@ -1,10 +1,12 @@
-"""structlog set-up, once per process: JSON lines to stdout, dotted event names, context
-(node, role, request id) bound through contextvars."""
+"""structlog set-up, once per process: JSON lines, dotted event names, context (role,
+request id) bound through contextvars. Servers log to stdout; one-shot CLI commands log to
+stderr so their stdout stays clean for data."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
@@ -12,7 +14,11 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
-def configure(level: str = "info", *, role: str = "tandem", stream: object = None) -> None:
+def configure(level: str = "info", *, role: str = "tandem", to_stderr: bool = False) -> None:
+    def factory(*_: Any) -> structlog.PrintLogger:
+        # Looked up at every log call: whatever sys.stdout/stderr is *now* (tests swap them).
+        return structlog.PrintLogger(sys.stderr if to_stderr else sys.stdout)
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -22,7 +28,7 @@ def configure(level: str = "info", *, role: str = "tandem", stream: object = Non
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),  # type: ignore[arg-type]
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(role=role)
