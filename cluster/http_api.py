@@ -82,6 +82,9 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
     app.config.REQUEST_TIMEOUT = 300
     app.config.RESPONSE_TIMEOUT = 3600
     app.config.KEEP_ALIVE_TIMEOUT = 30
+    # TouchUp rewrites sanic's own methods at start-up and breaks when a second app starts in
+    # the same process (tests, `tandem up`); the master API does not need its few microseconds.
+    app.config.TOUCHUP = False
     app.ctx.master = master
     m = master
 
