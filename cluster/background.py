@@ -17,7 +17,6 @@ every pass logs what it did and records counters in ``master.stats`` (shown by s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -31,7 +30,7 @@ from tenacity import (
     wait_random,
 )
 
-from cluster.errors import ChunkCorrupt, ChunkMissing, ClusterError, StoreError
+from cluster.errors import ChunkCorrupt, ChunkMissing, ClusterError, NotFound, StoreError
 from cluster.meta import Chunk
 from cluster.store import ChunkKey
 
@@ -106,18 +105,36 @@ async def replicate_pass(m: Master) -> None:
             break
         for c in page:
             after = c.id
-            with contextlib.suppress(ClusterError):
+            try:
                 async for attempt in _retrying():
                     with attempt:
                         fixed += await fix_chunk(m, c.id, counted)
+            except ClusterError as exc:  # logged and left for the next pass
+                _bump(m, "replicate_errors")
+                log.warning("replicate.failed", chunk=ChunkKey(c.id, c.version).name,
+                            error=str(exc))
     m.stats["last_replicate"] = time.time()
     if fixed:
         log.info("replicate.pass", fixed=fixed)
 
 
 async def fix_chunk(m: Master, chunk_id: int, counted: int) -> int:
-    """Bring one chunk's copy count to its goal; 1 if something changed."""
-    (c,) = await m._db(m.meta.chunks, (chunk_id,))
+    """Bring one chunk's copy count to its goal, a copy at a time; the number of copies
+    added or removed."""
+    changed = 0
+    for _ in range(16):  # goals are at most 9: this bound is never the one that stops it
+        step = await _fix_step(m, chunk_id, counted)
+        if not step:
+            break
+        changed += step
+    return changed
+
+
+async def _fix_step(m: Master, chunk_id: int, counted: int) -> int:
+    try:
+        (c,) = await m._db(m.meta.chunks, (chunk_id,))
+    except NotFound:  # purged since the page was read
+        return 0
     readable = c.copies & m.readable_mask
     have = (c.copies & counted).bit_count()
     if have < c.goal:
