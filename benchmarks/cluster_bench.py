@@ -22,7 +22,11 @@ row, one chunk row with a goal-2 copies mask, one ``put`` changelog entry per fi
 directories and their ``mkdir`` entries), in shuffled order so the B-trees fill as they would
 from puts arriving in no particular order. Then a fresh subprocess opens a ``Master`` on that
 metadata, runs a few ``stat``/``ls`` calls, some puts and reads and ``status()``, and reports
-its peak RSS.
+its peak RSS (VmHWM).
+
+Nothing is deleted before the end of the run: on ext4 (notably without a journal, where new
+inodes skip recently deleted ones one by one), creating files right after deleting thousands
+is several times slower, which would penalise whichever side happened to run next.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -47,6 +52,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -56,7 +63,6 @@ from cluster.config import ClusterConfig, VolumeConfig  # noqa: E402
 from cluster.master import Master  # noqa: E402
 from cluster.meta import Kind, Meta, pack_ids  # noqa: E402
 from origin import config as origin_config  # noqa: E402
-from origin import logs  # noqa: E402
 
 KIB = 1024
 MIB = 1 << 20
@@ -68,6 +74,14 @@ EXTS = (".jpg", ".png", ".js", ".css", ".webp", ".svg", ".woff2", ".json")
 TARGETS = {"put_goal1_ratio": 0.8, "put_goal2_ratio": 0.5, "get_ratio": 0.8}
 META_TARGET_BYTES = 400
 RSS_TARGET_MIB = 300
+
+
+def quiet_logs() -> None:
+    """Cluster log lines (warnings and up only) go to stderr: stdout is the report."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
 
 
 def say(msg: str) -> None:
@@ -200,6 +214,12 @@ def fresh(path: Path) -> Path:
     return path
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process (all threads) so far."""
+    t = os.times()
+    return t.user + t.system
+
+
 def median_rate(n: int, seconds: list[float]) -> float:
     return n / statistics.median(seconds)
 
@@ -224,34 +244,45 @@ def throughput(args: argparse.Namespace, base: ClusterConfig, work: Path) -> dic
         f"{len({f.path.rsplit('/', 1)[0] for f in files})} directories"
     )
     say(
-        f"concurrency: {args.concurrency} writers/readers on both sides; {args.volumes} volumes; "
-        f"{args.reps} rep(s), medians quoted"
+        f"concurrency: {args.concurrency} writers/readers on both sides (tandem: Master.put/cat "
+        f"under asyncio.Semaphore({args.concurrency}); plain: ThreadPoolExecutor"
+        f"({args.concurrency}) doing open → write → fsync → close, reads open → read); "
+        f"{args.volumes} volumes; {args.reps} rep(s), medians quoted"
+    )
+    say(
+        "  (nothing is deleted until the end: on ext4, creating files soon after deleting many"
+        " is slower, which would penalise whichever side runs next; the order rotates per rep)"
     )
     times: dict[str, list[float]] = {"plain": [], "goal1": [], "goal2": []}
-    plain_dir = work / "plain"
+    cpu: dict[str, list[float]] = {"plain": [], "goal1": [], "goal2": []}
+    order = ["plain", "goal1", "goal2"]
     for rep in range(1, args.reps + 1):
-        t = plain_put(fresh(plain_dir), files, args.concurrency)
-        times["plain"].append(t)
-        say(f"rep {rep}: plain put   {len(files) / t:8.0f} files/s ({t:.2f} s)")
-        for goal in (1, 2):
-            root = fresh(work / f"tandem-goal{goal}")
-            cfg = cluster_config(base, root, goal, args.volumes)
-            t = asyncio.run(tandem_put(cfg, files, args.concurrency))
-            times[f"goal{goal}"].append(t)
-            say(f"rep {rep}: tandem put goal {goal} {len(files) / t:8.0f} files/s ({t:.2f} s)")
-    shutil.rmtree(work / "tandem-goal1")
+        for side in order[rep - 1 :] + order[: rep - 1]:
+            c0 = cpu_seconds()
+            if side == "plain":
+                t = plain_put(fresh(work / f"plain-{rep}"), files, args.concurrency)
+                label = "plain put        "
+            else:
+                goal = int(side[-1])
+                cfg = cluster_config(base, fresh(work / f"{side}-{rep}"), goal, args.volumes)
+                t = asyncio.run(tandem_put(cfg, files, args.concurrency))
+                label = f"tandem put goal {goal}"
+            times[side].append(t)
+            cpu[side].append((cpu_seconds() - c0) / len(files) * 1e6)
+            say(
+                f"rep {rep}: {label} {len(files) / t:8.0f} files/s ({t:.2f} s; process CPU "
+                f"{cpu[side][-1]:.0f} µs/file)"
+            )
 
     # Reads: the last rep's goal-2 cluster and plain directory, warm (one verified pass first).
-    cfg = cluster_config(base, work / "tandem-goal2", 2, args.volumes)
+    cfg = cluster_config(base, work / f"goal2-{args.reps}", 2, args.volumes)
     t_tandem = asyncio.run(tandem_get(cfg, files, args.concurrency, args.reps))
-    t_plain = plain_get(plain_dir, files, args.concurrency, args.reps)
+    t_plain = plain_get(work / f"plain-{args.reps}", files, args.concurrency, args.reps)
     for i, (a, b) in enumerate(zip(t_tandem, t_plain, strict=True), 1):
         say(
             f"rep {i}: get warm: tandem {len(files) / a:8.0f} files/s, "
             f"plain {len(files) / b:8.0f} files/s"
         )
-    shutil.rmtree(work / "tandem-goal2")
-    shutil.rmtree(plain_dir)
 
     n = len(files)
     plain = median_rate(n, times["plain"])
@@ -268,6 +299,7 @@ def throughput(args: argparse.Namespace, base: ClusterConfig, work: Path) -> dic
         "plain_put_files_per_s": round(plain, 1),
         "get_files_per_s": round(get_t, 1),
         "plain_get_files_per_s": round(get_p, 1),
+        "put_cpu_us_per_file": {k: round(statistics.median(v)) for k, v in cpu.items()},
         "files": n,
         "concurrency": args.concurrency,
         "reps": args.reps,
@@ -374,14 +406,16 @@ def meta_disk_bytes(meta_dir: Path) -> int:
 
 
 RSS_PROBE = r"""
-import asyncio, json, resource, sys
+import asyncio, json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from cluster.master import Master
-from origin import logs
-import pickle
+import logging, pickle, structlog
 
-logs.configure("warning", stream=sys.stderr)
+structlog.configure(
+    wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+)
 cfg = pickle.loads(bytes.fromhex(sys.argv[2]))
 
 def vm(key):
@@ -407,7 +441,6 @@ async def main():
         after = vm("VmRSS")
     print(json.dumps({
         "base": base, "opened": opened, "after": after, "hwm": vm("VmHWM"),
-        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "files": status["files"], "directories": status["directories"],
         "chunks": status["chunks"], "leaf_entries": len(leaf),
     }))
@@ -447,7 +480,8 @@ def metadata(args: argparse.Namespace, base: ClusterConfig, work: Path) -> dict[
         rows = conn.execute(
             "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"
         ).fetchall()
-        say("  by table/index: " + ", ".join(f"{name} {b / n:.0f} B/file" for name, b in rows))
+        parts = [f"{name} {b / n:.0f}" for name, b in rows if b >= n]
+        say("  by table/index (B/file): " + ", ".join(parts))
     except Exception as exc:  # dbstat is a compile-time option
         say(f"  (no per-table breakdown: {exc})")
     finally:
@@ -461,7 +495,9 @@ def metadata(args: argparse.Namespace, base: ClusterConfig, work: Path) -> dict[
         text=True,
     )
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
-    peak = max(probe["maxrss"], probe["hwm"]) / MIB
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child started by fork/vfork would
+    # report the parent's peak.
+    peak = max(probe["hwm"], probe["after"]) / MIB
     say(
         f"  master process (fresh subprocess, {time.perf_counter() - t0:.1f} s): RSS before open "
         f"{probe['base'] / MIB:.1f} MiB, after open {probe['opened'] / MIB:.1f} MiB, after "
@@ -469,7 +505,6 @@ def metadata(args: argparse.Namespace, base: ClusterConfig, work: Path) -> dict[
         f"(target ≤ {RSS_TARGET_MIB}: {'ok' if peak <= RSS_TARGET_MIB else 'MISSED'}); "
         f"status saw {probe['files']:,} files, {probe['directories']:,} directories"
     )
-    shutil.rmtree(root)
     return {
         "meta_bytes_per_file": round(per_file, 1),
         "master_rss_mib_1m": round(peak, 1),
@@ -489,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--files", type=int, help="files for put/get (full 5000, quick 1000)")
     p.add_argument("--meta-files", type=int, help="files for the metadata size (1M / 200k)")
-    p.add_argument("--reps", type=int, help="repetitions (full 3, quick 1)")
+    p.add_argument("--reps", type=int, help="repetitions (full 3, quick 2)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--volumes", type=int, default=3)
     p.add_argument("--seed", type=int, default=20240501)
@@ -498,9 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.files = args.files or (1000 if args.quick else 5000)
     args.meta_files = args.meta_files or (200_000 if args.quick else 1_000_000)
-    args.reps = args.reps or (1 if args.quick else 3)
+    args.reps = args.reps or (2 if args.quick else 3)
 
-    logs.configure("warning", stream=sys.stderr)
+    quiet_logs()
     base = origin_config.load(None).cluster
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,10 @@ class Master:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock_fd = -1
         self.meta: Meta
+        # A second, read-only connection used on the event loop itself for the hot, short
+        # lookups (a put's goal, a read's entry and chunks): a thread hop costs more than
+        # these few primary-key reads, and they never wait behind a group commit's fsync.
+        self.reader: Meta | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -125,6 +129,8 @@ class Master:
         except BaseException:
             self._release_lock()
             self._executor.shutdown(wait=False)
+            if self.reader is not None:
+                self.reader.db.close()
             raise
         return self
 
@@ -134,6 +140,8 @@ class Master:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.reader is not None:  # first: the writer's close then checkpoints the WAL
+            self.reader.db.close()
         await self._db(self.meta.db.close)
         self._executor.shutdown(wait=True)
         self._release_lock()
@@ -171,6 +179,9 @@ class Master:
             return Meta(conn, self.cfg.default_goal, self.cfg.default_trash_time)
 
         self.meta = await self._db(open_db)
+
+        conn = schema.connect(self.cfg.meta_dir / "meta.db", readonly=True)
+        self.reader = Meta(conn, self.cfg.default_goal, self.cfg.default_trash_time)
         self._tasks.append(asyncio.create_task(self._committer(), name="committer"))
         await self._open_volumes()
         self._ids = await self._db(self.meta.reserve_chunk_ids)
@@ -376,7 +387,8 @@ class Master:
             raise IsADirectory("cannot put onto the root directory")
         if not 0 <= mode <= 0o7777:
             raise InvalidArgument(f"mode {mode:o} is not a permission mode")
-        goal = await self._db(self.meta.effective_goal, parts)
+        assert self.reader is not None
+        goal = self.reader.effective_goal(parts)  # on the loop: see ``self.reader``
         digest = hashlib.sha256()
         chunks: list[NewChunk] = []
         size = 0
@@ -418,17 +430,16 @@ class Master:
         """A file's entry and chunk list, read in one consistent snapshot."""
         parts = paths.parse(path)
 
-        def read() -> tuple[Entry, list[Chunk]]:
-            self.meta.db.execute("BEGIN")
-            try:
-                e = self.meta.stat(parts)
-                if e.is_dir:
-                    raise IsADirectory(f"is a directory: {paths.show(e.path)}")
-                return e, self.meta.chunks(e.chunks)
-            finally:
-                self.meta.db.execute("COMMIT")
-
-        return await self._db(read)
+        meta = self.reader  # on the loop: see ``self.reader``
+        assert meta is not None
+        meta.db.execute("BEGIN")
+        try:
+            e = meta.stat(parts)
+            if e.is_dir:
+                raise IsADirectory(f"is a directory: {paths.show(e.path)}")
+            return e, meta.chunks(e.chunks)
+        finally:
+            meta.db.execute("COMMIT")
 
     async def read(
         self, path: bytes | str, offset: int = 0, length: int | None = None

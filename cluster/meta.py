@@ -312,15 +312,20 @@ class Meta:
         return self.stat(parts)
 
     def effective_goal(self, parts: tuple[bytes, ...]) -> int:
-        """The goal a new file at ``parts`` gets: its own, else its nearest ancestor's."""
-        for n in range(len(parts), -1, -1):
-            try:
-                row, _, goal, _ = self._walk(parts[:n])
-            except (NotFound, NotADirectory):
-                continue
-            if row is not None:
-                return goal
-        return self.default_goal
+        """The goal a new file at ``parts`` gets: its own, else its nearest ancestor's (the
+        deepest existing entry on the path; one walk from the root)."""
+        row = self._row(0, b"")
+        assert row is not None, "metadata has no root"
+        goal = int(row[7]) if row[7] is not None else self.default_goal
+        for name in parts:
+            if row[1] != Kind.DIR:
+                break
+            row = self._row(int(row[0]), name)
+            if row is None:
+                break
+            if row[7] is not None:
+                goal = int(row[7])
+        return goal
 
     def commit_put(
         self,
@@ -352,16 +357,24 @@ class Meta:
                 "INSERT INTO chunk (id, version, size, goal, copies, refs) VALUES (?,?,?,?,?,1)",
                 (c.id, c.version, c.size, goal, c.copies),
             )
+        new_id = self._next("inode")
         self.db.execute(
             "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, goal) "
             "VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
-                parent, parts[-1], self._next("inode"), Kind.FILE, mode, mtime_ns, size, hash,
+                parent, parts[-1], new_id, Kind.FILE, mode, mtime_ns, size, hash,
                 pack_ids([c.id for c in chunks]), file_goal,
             ),
         )
-        self._log("put", join(parts), arg=size, hash=hash)
-        return self.stat(parts)
+        path = join(parts)
+        self._log("put", path, arg=size, hash=hash)
+        # The entry as ``stat`` would read it back, without walking the path again.
+        return Entry(
+            path=path, id=new_id, kind=Kind.FILE, mode=mode, mtime_ns=mtime_ns, size=size,
+            hash=hash, chunks=tuple(c.id for c in chunks), goal=file_goal, trash_time=None,
+            effective_goal=eff_goal if file_goal is None else file_goal,
+            effective_trash_time=eff_trash,
+        )
 
     def _to_trash(self, e: Entry) -> None:
         now = int(time.time())
