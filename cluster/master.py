@@ -24,11 +24,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 
 from cluster import paths, schema
+from cluster.batch import BATCH_MAX, PendingWrite, write_and_sync
 from cluster.config import ClusterConfig
 from cluster.errors import (
     ChunkCorrupt,
@@ -44,7 +45,7 @@ from cluster.errors import (
     VolumeUnavailable,
 )
 from cluster.meta import Chunk, Entry, Meta, NewChunk
-from cluster.store import ChunkKey, ChunkStore
+from cluster.store import BatchWriter, CachedReader, ChunkKey, ChunkStore
 from cluster.volume import LocalVolume
 
 log = structlog.get_logger("cluster")
@@ -107,7 +108,7 @@ class Master:
         self.stats: dict[str, Any] = {}
         self.changed = asyncio.Event()  # set after every commit (in-process change feed)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meta")
-        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite]]] = []
         self._queued = asyncio.Event()
         self._ids: range = range(0)
         self._id_pos = 0
@@ -181,7 +182,9 @@ class Master:
         self.meta = await self._db(open_db)
 
         conn = schema.connect(self.cfg.meta_dir / "meta.db", readonly=True)
-        self.reader = Meta(conn, self.cfg.default_goal, self.cfg.default_trash_time)
+        self.reader = Meta(
+            conn, self.cfg.default_goal, self.cfg.default_trash_time, dir_cache=True
+        )
         self._tasks.append(asyncio.create_task(self._committer(), name="committer"))
         await self._open_volumes()
         self._ids = await self._db(self.meta.reserve_chunk_ids)
@@ -272,10 +275,11 @@ class Master:
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _mutate(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a transaction shared with whatever else is queued (group commit)."""
+    async def _mutate(self, fn: Callable[[], T], writes: list[PendingWrite] | None = None) -> T:
+        """Run ``fn`` in a transaction shared with whatever else is queued (group commit),
+        after the batch's pending chunk ``writes`` were written and synced (``batch.py``)."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, fut))
+        self._queue.append((fn, fut, writes or []))
         self._queued.set()
         return await fut
 
@@ -290,26 +294,30 @@ class Master:
         if not batch:
             return
 
-        def run() -> list[tuple[bool, Any]]:
+        def run() -> tuple[list[tuple[bool, Any]], list[tuple[int, StoreError]]]:
+            failures = write_and_sync([w for _, _, ws in batch for w in ws])
             results: list[tuple[bool, Any]] = []
             with self.meta.transaction():
-                for fn, _ in batch:
+                for fn, _, _ in batch:
                     try:
                         with self.meta.savepoint():
                             results.append((True, fn()))
                     except ClusterError as exc:
                         results.append((False, exc))
-            return results
+            return results, failures
 
         try:
-            results = await self._db(run)
+            results, failures = await self._db(run)
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             log.error("meta.commit_failed", error=str(exc), ops=len(batch))
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (ok, value), (_, fut) in zip(results, batch, strict=True):
+        for vid, err in failures:
+            log.warning("chunk.put_failed", volume=self.volumes[vid].path, error=str(err))
+            self._volume_failed(self.volumes[vid], err)
+        for (ok, value), (_, fut, _) in zip(results, batch, strict=True):
             if fut.done():
                 continue
             if ok:
@@ -390,31 +398,50 @@ class Master:
         assert self.reader is not None
         goal = self.reader.effective_goal(parts)  # on the loop: see ``self.reader``
         digest = hashlib.sha256()
-        chunks: list[NewChunk] = []
+        # In file order: chunks already written and fsynced, or small ones the committer
+        # writes with the batch (``batch.py``).
+        written: list[NewChunk | PendingWrite] = []
         size = 0
         try:
             async for piece in _pieces(data, self.cfg.chunk_size):
                 digest.update(piece)
                 size += len(piece)
                 key = ChunkKey(await self._next_chunk_id(), 1)
-                mask = await self._write_copies(key, piece, goal)
-                chunks.append(NewChunk(key.id, key.version, len(piece), mask))
+                written.append(await self._place(key, piece, goal))
             mtime = time.time_ns() if mtime_ns is None else mtime_ns
-            entry = await self._mutate(
-                lambda: self.meta.commit_put(
+
+            def commit() -> Entry:
+                return self.meta.commit_put(
                     parts, size=size, hash=digest.digest(), mode=mode, mtime_ns=mtime,
-                    chunks=chunks, goal=goal,
+                    chunks=[_written(w) for w in written], goal=goal,
                 )
+
+            entry = await self._mutate(
+                commit, [w for w in written if isinstance(w, PendingWrite)]
             )
         except BaseException:
-            await self._discard(chunks)
+            await self._discard([_new_chunk(w) for w in written])
             raise
         finally:
-            for c in chunks:
+            for w in written:
                 for v in self.volumes.values():
-                    self.inflight.discard((v.id, c.id))
-        log.debug("file.put", path=paths.show(entry.path), size=size, chunks=len(chunks))
+                    self.inflight.discard((v.id, _new_chunk(w).id))
+        log.debug("file.put", path=paths.show(entry.path), size=size, chunks=len(written))
         return entry
+
+    async def _place(self, key: ChunkKey, piece: bytes, goal: int) -> NewChunk | PendingWrite:
+        """Write a chunk's copies now, or leave a small one to the group commit."""
+        candidates = self._candidates()
+        if len(piece) > BATCH_MAX or not all(isinstance(v.store, BatchWriter) for v in candidates):
+            mask = await self._write_copies(key, piece, goal)
+            return NewChunk(key.id, key.version, len(piece), mask)
+        want = min(goal, len(candidates))
+        if want == 0:
+            raise NotEnoughCopies("no writable volume: every volume is full, read-only or missing")
+        for v in candidates:  # any of them may get a copy: never mistake it for an orphan
+            self.inflight.add((v.id, key.id))
+        stores = [(v.id, cast(BatchWriter, v.store)) for v in candidates]
+        return PendingWrite(key, piece, stores, want)
 
     async def _discard(self, chunks: list[NewChunk]) -> None:
         """Remove copies written for a put that did not commit (best effort; orphans are swept)."""
@@ -475,7 +502,11 @@ class Master:
         bad: list[Volume] = []
         for v in order:
             try:
-                data = await v.store.get(key, offset, length)
+                data = None
+                if isinstance(v.store, CachedReader):
+                    data = v.store.read_cached(key, offset, length)
+                if data is None:
+                    data = await v.store.get(key, offset, length)
             except (ChunkCorrupt, ChunkMissing) as exc:
                 log.error("chunk.bad_copy", volume=v.path, chunk=key.name, error=str(exc))
                 bad.append(v)
@@ -630,6 +661,21 @@ class Master:
 
     async def changelog_bounds(self) -> tuple[int, int]:
         return await self._db(self.meta.changelog_bounds)
+
+
+def _written(w: NewChunk | PendingWrite) -> NewChunk:
+    """The chunk as committed; a batched one must have reached at least one volume."""
+    if isinstance(w, NewChunk):
+        return w
+    if not w.mask:
+        raise NotEnoughCopies(f"no copy of {w.key.name} could be written: no volume accepted it")
+    return _new_chunk(w)
+
+
+def _new_chunk(w: NewChunk | PendingWrite) -> NewChunk:
+    if isinstance(w, NewChunk):
+        return w
+    return NewChunk(w.key.id, w.key.version, len(w.data), w.mask)
 
 
 async def _pieces(data: bytes | AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:

@@ -120,10 +120,24 @@ _ROW = "id, kind, mode, mtime, size, hash, chunks, goal, trash_time"
 class Meta:
     """Namespace and chunk metadata over one SQLite connection."""
 
-    def __init__(self, conn: sqlite3.Connection, default_goal: int, default_trash_time: int):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        default_goal: int,
+        default_trash_time: int,
+        *,
+        dir_cache: bool = False,
+    ) -> None:
         self.db = conn
         self.default_goal = default_goal
         self.default_trash_time = default_trash_time
+        # Read-only connections may cache directory lookups: ``PRAGMA data_version`` changes
+        # whenever *another* connection commits, which is exactly when the cache may be stale.
+        # (The writer's own commits do not change it, so the writer never caches.)
+        self._dirs: dict[tuple[bytes, ...], tuple[Any, int, int]] | None = (
+            {} if dir_cache else None
+        )
+        self._version = -1
 
     # -- transactions and counters ----------------------------------------------------------
 
@@ -186,6 +200,8 @@ class Meta:
     def _walk(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
         """Resolve ``parts``: (row or None, parent id, effective goal, effective trash time).
         Raises ``NotFound`` when a parent is missing, ``NotADirectory`` when one is a file."""
+        if self._dirs is not None and parts:
+            return self._walk_cached(parts)
         row = self._row(0, b"")
         assert row is not None, "metadata has no root"
         goal = int(row[7]) if row[7] is not None else self.default_goal
@@ -202,6 +218,35 @@ class Meta:
                 goal = int(row[7]) if row[7] is not None else goal
                 trash = int(row[8]) if row[8] is not None else trash
         return row, parent, goal, trash
+
+    def _walk_cached(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
+        assert self._dirs is not None
+        (version,) = self.db.execute("PRAGMA data_version").fetchone()
+        if version != self._version or len(self._dirs) > 65536:
+            self._dirs.clear()
+            self._version = version
+        parent = self._dirs.get(parts[:-1])
+        if parent is None:
+            prow, _, goal, trash = self._uncached_walk(parts[:-1])
+            if prow is None:
+                raise NotFound(f"no such directory: {show(join(parts[:-1]))}")
+            if prow[1] != Kind.DIR:
+                raise NotADirectory(f"not a directory: {show(join(parts[:-1]))}")
+            parent = (prow, goal, trash)
+            self._dirs[parts[:-1]] = parent
+        prow, goal, trash = parent
+        row = self._row(int(prow[0]), parts[-1])
+        if row is not None:
+            goal = int(row[7]) if row[7] is not None else goal
+            trash = int(row[8]) if row[8] is not None else trash
+        return row, int(prow[0]), goal, trash
+
+    def _uncached_walk(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
+        dirs, self._dirs = self._dirs, None
+        try:
+            return self._walk(parts)
+        finally:
+            self._dirs = dirs
 
     @staticmethod
     def _entry(path: bytes, row: Any, goal: int, trash: int) -> Entry:

@@ -4,7 +4,9 @@ A store holds immutable chunks named by ``ChunkKey`` (id, version). Every implem
 (local volume directory today; remote chunkserver and S3 next) must:
 
 - ``put``: make the chunk durable before returning (a crash after ``put`` returns keeps it);
-  a chunk is visible under its key only complete — never partially written;
+  ``get`` never returns bytes of a chunk whose put has not completed (it raises
+  ``ChunkMissing`` or ``ChunkCorrupt``), though ``head``/``list`` may already show it —
+  the master only reads chunks its committed metadata points at;
 - ``get``: return the bytes of ``[offset, offset+length)``, every byte covered by a verified
   CRC32 of its 64 KiB block; a mismatch raises ``ChunkCorrupt``, absence ``ChunkMissing``;
 - ``head``: size of a stored chunk, or None; ``delete``: idempotent; ``list``: every key;
@@ -67,3 +69,31 @@ class ChunkStore(Protocol):
     def list(self) -> AsyncIterator[ChunkKey]: ...
 
     async def stat(self) -> StoreStat: ...
+
+
+@runtime_checkable
+class BatchWriter(Protocol):
+    """An optional ability (rclone-style feature): writes made durable together.
+
+    ``write_nosync`` stores a chunk without waiting for the disk; ``sync`` makes every earlier
+    ``write_nosync`` durable at once. The master's group commit uses it for small chunks: a
+    batch of puts costs one sync per filesystem instead of two fsyncs per copy. Both block:
+    they run on the master's database thread, never on the event loop.
+    """
+
+    sync_domain: int
+
+    def write_nosync(self, key: ChunkKey, data: bytes) -> None: ...
+
+    def sync(self) -> None: ...
+
+
+@runtime_checkable
+class CachedReader(Protocol):
+    """An optional ability: ``read_cached`` returns the bytes ``get`` would, without blocking,
+    when they are already in memory (the page cache), else None. The master calls it on the
+    event loop first and falls back to ``get`` — a thread hop costs more than the read."""
+
+    def read_cached(
+        self, key: ChunkKey, offset: int = 0, length: int | None = None
+    ) -> bytes | None: ...

@@ -5,23 +5,29 @@ Layout under the volume root::
     .tandem-volume                  marker: {"uuid": …}; a volume without it is not ours/missing
     00 … FF/chunk_<ID>_<VER>        the chunk's bytes, raw (so nginx can send the file itself)
     00 … FF/chunk_<ID>_<VER>.crc    CRC table, only when it is too large for the xattr
-    00 … FF/.tmp.*                  writes in progress (removed by ``remove_temp`` at start)
+    00 … FF/.tmp.*                  sidecars being written (removed by ``remove_temp``)
 
 The CRC32 table (one per 64 KiB block) lives in the ``user.tandem.crc`` extended attribute,
-written before the file's single fsync; chunks over 32 MiB (or filesystems without user
-xattrs) keep it in a ``.crc`` sidecar that is made durable before the data file appears.
-A put is temp file → write → CRC → fsync → rename → fsync of the folder.
+set after the last byte is written and before the file's single fsync; chunks over 32 MiB (or
+filesystems without user xattrs) keep it in a ``.crc`` sidecar written first. A put is
+create under the final name → write → CRC table → fsync → fsync of the folder. There is no
+temp-and-rename: keys are never reused and nothing reads a chunk before the master's metadata
+points at it, and a reader racing the write gets ``ChunkCorrupt`` (no table yet, or a table
+that does not cover the file), never a prefix. Measured here, the rename and the fsync of a
+folder just renamed into cost ~25% of put throughput.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from cluster import crc
@@ -51,6 +57,20 @@ def map_os_error(exc: OSError, what: str) -> StoreError:
     if exc.errno == errno.ENOENT:
         return VolumeUnavailable(msg)
     return VolumeUnavailable(msg)
+
+
+def _find_syncfs() -> Callable[[int], int] | None:
+    """syncfs(2) from the C library (Linux); None where there is none (``os.sync`` then)."""
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return,unused-ignore]
+
+
+_libc_syncfs = _find_syncfs()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -126,30 +146,73 @@ class LocalVolume:
         await asyncio.to_thread(self._put, key, data)
 
     def _put(self, key: ChunkKey, data: bytes) -> None:
+        self._write(key, data, durable=True)
+
+    # -- the batch-write ability (``store.BatchWriter``) ----------------------------------------
+
+    def write_nosync(self, key: ChunkKey, data: bytes) -> None:
+        """Write a chunk without waiting for the disk; ``sync`` makes it durable."""
+        self._write(key, data, durable=False)
+
+    def sync(self) -> None:
+        """Make every earlier ``write_nosync`` durable: one syncfs(2) of the volume's
+        filesystem instead of an fsync per file and folder."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc_syncfs is None:
+                os.sync()
+            elif _libc_syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise map_os_error(OSError(err, os.strerror(err)), f"{self.root}: syncfs")
+        except OSError as exc:
+            raise map_os_error(exc, f"{self.root}: syncfs") from None
+        finally:
+            os.close(fd)
+
+    @property
+    def sync_domain(self) -> int:
+        """Volumes on one filesystem share a sync: its device number."""
+        try:
+            return os.stat(self.root).st_dev
+        except OSError:
+            return -1
+
+    def _write(self, key: ChunkKey, data: bytes, *, durable: bool) -> None:
         final = self.path_of(key)
         folder = final.parent
-        tmp = folder / f".tmp.{key.name}.{uuid.uuid4().hex[:8]}"
         table = crc.table(data)
         try:
             if len(table) > XATTR_MAX:
                 self._write_file(folder / f".tmp.{key.name}.crc", table, final.with_suffix(".crc"))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self._create(final)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 if len(table) <= XATTR_MAX:
                     self._set_crc_xattr(fd, table, folder, key)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, final)
-            _fsync_dir(folder)
+            if durable:
+                _fsync_dir(folder)
         except OSError as exc:
-            for leftover in (tmp, folder / f".tmp.{key.name}.crc"):
+            for leftover in (final, final.with_suffix(".crc"), folder / f".tmp.{key.name}.crc"):
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
             raise map_os_error(exc, f"{self.root}: put {key.name}") from None
+
+    @staticmethod
+    def _create(final: Path) -> int:
+        """Create the chunk file under its final name. Keys are never reused, so an existing
+        file is the leftover of a write of this same key that crashed: replace it."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            return os.open(final, flags, 0o644)
+        except FileExistsError:
+            os.unlink(final)
+            return os.open(final, flags, 0o644)
 
     def _set_crc_xattr(self, fd: int, table: bytes, folder: Path, key: ChunkKey) -> None:
         try:
@@ -169,9 +232,21 @@ class LocalVolume:
         os.rename(tmp, final)
 
     async def get(self, key: ChunkKey, offset: int = 0, length: int | None = None) -> bytes:
-        return await asyncio.to_thread(self._get, key, offset, length)
+        data = await asyncio.to_thread(self._get, key, offset, length)
+        assert data is not None
+        return data
 
-    def _get(self, key: ChunkKey, offset: int, length: int | None) -> bytes:
+    def read_cached(
+        self, key: ChunkKey, offset: int = 0, length: int | None = None
+    ) -> bytes | None:
+        """``get`` without waiting for the disk: the bytes if they are all in the page cache
+        (preadv2 with RWF_NOWAIT), else None — then ``get`` reads them on a thread. Safe to
+        call on the event loop; errors are ``get``'s."""
+        return self._get(key, offset, length, nowait=True)
+
+    def _get(
+        self, key: ChunkKey, offset: int, length: int | None, *, nowait: bool = False
+    ) -> bytes | None:
         path = self.path_of(key)
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -195,7 +270,16 @@ class LocalVolume:
             first = offset // crc.BLOCK
             start = first * crc.BLOCK
             stop = min(size, -(-end // crc.BLOCK) * crc.BLOCK)
-            data = os.pread(fd, stop - start, start) if stop > start else b""
+            if nowait and stop > start:
+                buf = bytearray(stop - start)
+                try:
+                    if os.preadv(fd, [buf], start, os.RWF_NOWAIT) != len(buf):
+                        return None  # partly cached: read it all on a thread
+                except BlockingIOError:
+                    return None
+                data = bytes(buf)
+            else:
+                data = os.pread(fd, stop - start, start) if stop > start else b""
             if len(data) != stop - start:
                 raise ChunkCorrupt(f"{self.root}: {key.name} short read")
             bad = crc.bad_block(table, first, data)
