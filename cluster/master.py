@@ -505,6 +505,7 @@ class Master:
                 data = None
                 if isinstance(v.store, CachedReader):
                     data = v.store.read_cached(key, offset, length)
+                    await asyncio.sleep(0)  # stay fair: a cached read never yields by itself
                 if data is None:
                     data = await v.store.get(key, offset, length)
             except (ChunkCorrupt, ChunkMissing) as exc:

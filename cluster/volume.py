@@ -87,6 +87,7 @@ class LocalVolume:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.name = str(self.root)
+        self._nowait = True  # preadv2(RWF_NOWAIT) works here until the filesystem says no
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -271,11 +272,18 @@ class LocalVolume:
             start = first * crc.BLOCK
             stop = min(size, -(-end // crc.BLOCK) * crc.BLOCK)
             if nowait and stop > start:
+                if not self._nowait:
+                    return None
                 buf = bytearray(stop - start)
                 try:
                     if os.preadv(fd, [buf], start, os.RWF_NOWAIT) != len(buf):
                         return None  # partly cached: read it all on a thread
                 except BlockingIOError:
+                    return None
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                        raise
+                    self._nowait = False  # this filesystem (tmpfs here) has no RWF_NOWAIT
                     return None
                 data = bytes(buf)
             else:

@@ -114,3 +114,34 @@ async def test_missing_chunk_on_a_present_volume(vol: LocalVolume) -> None:
     with pytest.raises(ChunkMissing):
         await vol.get(ChunkKey(6, 1))
     assert await vol.head(ChunkKey(6, 1)) is None
+
+
+async def test_batch_writes_become_readable_after_sync(vol: LocalVolume) -> None:
+    """The group-commit ability: write_nosync then one sync; the bytes are the put's."""
+    keys = {ChunkKey(100 + i, 1): pattern(crc.BLOCK + i, seed=i) for i in range(5)}
+    for key, data in keys.items():
+        vol.write_nosync(key, data)
+    vol.sync()
+    for key, data in keys.items():
+        assert await vol.get(key) == data
+        assert os.getxattr(vol.path_of(key), XATTR) == crc.table(data)
+    assert vol.sync_domain == os.stat(vol.root).st_dev
+
+
+async def test_read_cached_matches_get_or_declines(vol: LocalVolume) -> None:
+    """read_cached (RWF_NOWAIT, on the event loop) returns get's bytes, or None when the data
+    is not all in memory; it refuses corruption exactly like get."""
+    key = ChunkKey(200, 1)
+    data = pattern(3 * crc.BLOCK + 5, seed=4)
+    await vol.put(key, data)
+    await vol.get(key)  # now in the page cache
+    for off, length in ((0, None), (crc.BLOCK - 1, 2), (3 * crc.BLOCK, 5)):
+        got = vol.read_cached(key, off, length)
+        want = data[off:] if length is None else data[off : off + length]
+        assert got is None or got == want
+    assert vol.read_cached(key) == data, "a chunk just read is in the page cache"
+    flip_byte(vol.path_of(key), crc.BLOCK + 3)
+    with pytest.raises(ChunkCorrupt):
+        vol.read_cached(key)
+    with pytest.raises(ChunkMissing):
+        vol.read_cached(ChunkKey(201, 1))
