@@ -24,7 +24,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import structlog
 
@@ -66,6 +66,15 @@ class Volume:
     since: float = field(default_factory=time.monotonic)
     total: int = 0
     free: int = 0
+
+    def __post_init__(self) -> None:
+        # Optional store abilities, looked up once (isinstance on a Protocol is slow).
+        self.batch: BatchWriter | None = (
+            self.store if isinstance(self.store, BatchWriter) else None
+        )
+        self.cached: CachedReader | None = (
+            self.store if isinstance(self.store, CachedReader) else None
+        )
 
     @property
     def readable(self) -> bool:
@@ -432,7 +441,8 @@ class Master:
     async def _place(self, key: ChunkKey, piece: bytes, goal: int) -> NewChunk | PendingWrite:
         """Write a chunk's copies now, or leave a small one to the group commit."""
         candidates = self._candidates()
-        if len(piece) > BATCH_MAX or not all(isinstance(v.store, BatchWriter) for v in candidates):
+        stores = [(v.id, v.batch) for v in candidates if v.batch is not None]
+        if len(piece) > BATCH_MAX or len(stores) < len(candidates):
             mask = await self._write_copies(key, piece, goal)
             return NewChunk(key.id, key.version, len(piece), mask)
         want = min(goal, len(candidates))
@@ -440,7 +450,6 @@ class Master:
             raise NotEnoughCopies("no writable volume: every volume is full, read-only or missing")
         for v in candidates:  # any of them may get a copy: never mistake it for an orphan
             self.inflight.add((v.id, key.id))
-        stores = [(v.id, cast(BatchWriter, v.store)) for v in candidates]
         return PendingWrite(key, piece, stores, want)
 
     async def _discard(self, chunks: list[NewChunk]) -> None:
@@ -503,8 +512,8 @@ class Master:
         for v in order:
             try:
                 data = None
-                if isinstance(v.store, CachedReader):
-                    data = v.store.read_cached(key, offset, length)
+                if v.cached is not None:
+                    data = v.cached.read_cached(key, offset, length)
                     await asyncio.sleep(0)  # stay fair: a cached read never yields by itself
                 if data is None:
                     data = await v.store.get(key, offset, length)

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import json
 import os
 import uuid
@@ -170,13 +171,13 @@ class LocalVolume:
         finally:
             os.close(fd)
 
-    @property
+    @functools.cached_property
     def sync_domain(self) -> int:
         """Volumes on one filesystem share a sync: its device number."""
         try:
             return os.stat(self.root).st_dev
         except OSError:
-            return -1
+            return -hash(self.root)  # missing: its own domain; its writes fail anyway
 
     def _write(self, key: ChunkKey, data: bytes, *, durable: bool) -> None:
         final = self.path_of(key)
