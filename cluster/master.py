@@ -165,7 +165,7 @@ class Master:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = path.read_text().strip() or "another process"
+            holder = " ".join(path.read_text().split()) or "another process"
             raise MasterBusy(
                 f"the cluster metadata in {self.cfg.meta_dir} is in use by {holder}"
             ) from None
