@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import structlog
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse, JSONResponse, json
+from sanic.response import BaseHTTPResponse, HTTPResponse, JSONResponse, json
 
 from cluster import wire
 from cluster.errors import ClusterError, InvalidArgument
 from cluster.master import Master
+
+log = structlog.get_logger("cluster")
 
 
 def _query(request: Request) -> dict[str, bytes]:
@@ -87,6 +91,22 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
     app.config.TOUCHUP = False
     app.ctx.master = master
     m = master
+
+    @app.on_request
+    async def started(request: Request) -> None:
+        request.ctx.t0 = time.perf_counter()
+
+    @app.on_response  # type: ignore[untyped-decorator]
+    async def access_log(request: Request, response: BaseHTTPResponse) -> None:
+        """One JSON line per request."""
+        log.info(
+            "http.request",
+            method=request.method,
+            path=request.path,
+            query=request.query_string[:200],
+            status=response.status,
+            ms=round((time.perf_counter() - request.ctx.t0) * 1000, 2),
+        )
 
     @app.exception(ClusterError)
     async def cluster_error(request: Request, exc: ClusterError) -> JSONResponse:
