@@ -798,8 +798,8 @@ async def test_change_feed_wakes_on_commit(m: Master) -> None:
     t1 = time.monotonic()
     await asyncio.wait_for(task, 5)
     assert [(c.op, c.path) for _, c in got] == [("put", b"/after"), ("mkdir", b"/after-dir")]
-    assert got[0][0] - t0 < 0.5
-    assert got[1][0] - t1 < 0.5
+    assert got[0][0] - t0 < 1.5  # far below the 30 s poll: woken by inotify (loaded CI box)
+    assert got[1][0] - t1 < 1.5
     assert got[0][1].seq == hi + 1
 
 
