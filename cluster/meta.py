@@ -138,6 +138,13 @@ class Meta:
             {} if dir_cache else None
         )
         self._version = -1
+        # The writer caches the directories ``_mkdirs`` resolved or made: (id, effective goal,
+        # effective trash time) by path. Only its own transactions change the namespace, so
+        # it forgets them whenever one may remove, move or re-goal a directory, and whenever
+        # a transaction or savepoint rolls back (a directory made there is gone again).
+        self._made: dict[tuple[bytes, ...], tuple[int, int, int]] | None = (
+            None if dir_cache else {}
+        )
 
     # -- transactions and counters ----------------------------------------------------------
 
@@ -147,9 +154,14 @@ class Meta:
         try:
             yield
         except BaseException:
+            self._forget_dirs()
             self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._forget_dirs()
+            raise
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -158,10 +170,15 @@ class Meta:
         try:
             yield
         except BaseException:
+            self._forget_dirs()
             self.db.execute("ROLLBACK TO op")
             self.db.execute("RELEASE op")
             raise
         self.db.execute("RELEASE op")
+
+    def _forget_dirs(self) -> None:
+        if self._made:
+            self._made.clear()
 
     def _next(self, name: str, count: int = 1) -> int:
         (value,) = self.db.execute(
@@ -321,10 +338,26 @@ class Meta:
 
     def _mkdirs(self, parts: tuple[bytes, ...], mode: int, now_ns: int) -> tuple[int, int, int]:
         """Make every missing directory of ``parts``; (dir id, effective goal, trash time)."""
-        row, _, goal, trash = self._walk(())
-        assert row is not None
-        current = ROOT_ID
-        for i, name in enumerate(parts):
+        made = self._made
+        start = 0
+        if made is not None:
+            for start in range(len(parts), 0, -1):
+                hit = made.get(parts[:start])
+                if hit is not None:
+                    if start == len(parts):
+                        return hit
+                    current, goal, trash = hit
+                    break
+            else:
+                start = 0
+            if len(made) > 65536:
+                made.clear()
+        if start == 0:
+            row, _, goal, trash = self._walk(())
+            assert row is not None
+            current = ROOT_ID
+        for i in range(start, len(parts)):
+            name = parts[i]
             row = self._row(current, name)
             if row is None:
                 new_id = self._next("inode")
@@ -334,12 +367,14 @@ class Meta:
                 )
                 self._log("mkdir", join(parts[: i + 1]))
                 current = new_id
-                continue
-            if row[1] != Kind.DIR:
-                raise NotADirectory(f"not a directory: {show(join(parts[: i + 1]))}")
-            current = int(row[0])
-            goal = int(row[7]) if row[7] is not None else goal
-            trash = int(row[8]) if row[8] is not None else trash
+            else:
+                if row[1] != Kind.DIR:
+                    raise NotADirectory(f"not a directory: {show(join(parts[: i + 1]))}")
+                current = int(row[0])
+                goal = int(row[7]) if row[7] is not None else goal
+                trash = int(row[8]) if row[8] is not None else trash
+            if made is not None:
+                made[parts[: i + 1]] = (current, goal, trash)
         return current, goal, trash
 
     def mkdir(self, parts: tuple[bytes, ...], mode: int = 0o755, parents: bool = True) -> Entry:
@@ -391,12 +426,18 @@ class Meta:
         if old is not None:
             if old[1] == Kind.DIR:
                 raise IsADirectory(f"is a directory: {show(join(parts))}")
-            old_entry = self._entry(join(parts), old, eff_goal, eff_trash)
+            # A file's own goal and trash time stay with the path across overwrites.
             file_goal = int(old[7]) if old[7] is not None else None
+            file_trash = int(old[8]) if old[8] is not None else None
+            old_entry = self._entry(
+                join(parts), old,
+                eff_goal if file_goal is None else file_goal,
+                eff_trash if file_trash is None else file_trash,
+            )
             self._to_trash(old_entry)
             self.db.execute("DELETE FROM inode WHERE parent = ? AND name = ?", (parent, parts[-1]))
         else:
-            file_goal = None
+            file_goal = file_trash = None
         for c in chunks:
             self.db.execute(
                 "INSERT INTO chunk (id, version, size, goal, copies, refs) VALUES (?,?,?,?,?,1)",
@@ -404,11 +445,11 @@ class Meta:
             )
         new_id = self._next("inode")
         self.db.execute(
-            "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, goal) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, goal, "
+            "trash_time) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 parent, parts[-1], new_id, Kind.FILE, mode, mtime_ns, size, hash,
-                pack_ids([c.id for c in chunks]), file_goal,
+                pack_ids([c.id for c in chunks]), file_goal, file_trash,
             ),
         )
         path = join(parts)
@@ -416,9 +457,9 @@ class Meta:
         # The entry as ``stat`` would read it back, without walking the path again.
         return Entry(
             path=path, id=new_id, kind=Kind.FILE, mode=mode, mtime_ns=mtime_ns, size=size,
-            hash=hash, chunks=tuple(c.id for c in chunks), goal=file_goal, trash_time=None,
+            hash=hash, chunks=tuple(c.id for c in chunks), goal=file_goal, trash_time=file_trash,
             effective_goal=eff_goal if file_goal is None else file_goal,
-            effective_trash_time=eff_trash,
+            effective_trash_time=eff_trash if file_trash is None else file_trash,
         )
 
     def _to_trash(self, e: Entry) -> None:
@@ -433,6 +474,7 @@ class Meta:
     def remove(self, parts: tuple[bytes, ...], recursive: bool = False) -> int:
         """Files go to trash (for their trash time), directories are dropped. Returns the
         number of files moved to trash."""
+        self._forget_dirs()  # may remove, move or re-goal a directory
         if not parts:
             raise InvalidArgument("refusing to remove the root directory")
         top = self.stat(parts)
@@ -456,6 +498,7 @@ class Meta:
 
     def move(self, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> Entry:
         """rename(2): ``dst`` may not exist, except a file replaced by a file (old → trash)."""
+        self._forget_dirs()  # may remove, move or re-goal a directory
         if not src or not dst:
             raise InvalidArgument("cannot move the root directory")
         s = self.stat(src)
@@ -482,6 +525,7 @@ class Meta:
     def snapshot(self, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> int:
         """Copy-on-write copy of a tree: new entries sharing the same chunks (refs + 1).
         Returns the number of files in the snapshot."""
+        self._forget_dirs()  # may remove, move or re-goal a directory
         top = self.stat(src)
         if not dst:
             raise AlreadyExists("the root directory always exists")
@@ -527,6 +571,7 @@ class Meta:
     def set_goal(self, parts: tuple[bytes, ...], goal: int, recursive: bool) -> int:
         """Set an explicit goal; chunks of affected files follow (raised always, lowered
         only where no other file shares the chunk). Returns the number of entries changed."""
+        self._forget_dirs()  # may remove, move or re-goal a directory
         targets = list(self.walk(parts)) if recursive else [self.stat(parts)]
         changed = self._set_column(targets, "goal", goal)
         files = [e for e in self.walk(parts) if e.kind is Kind.FILE]
@@ -542,6 +587,7 @@ class Meta:
         return changed
 
     def set_trash_time(self, parts: tuple[bytes, ...], seconds: int, recursive: bool) -> int:
+        self._forget_dirs()  # may remove, move or re-goal a directory
         targets = list(self.walk(parts)) if recursive else [self.stat(parts)]
         changed = self._set_column(targets, "trash_time", seconds)
         self._log("settrashtime", join(parts), arg=seconds)
@@ -568,6 +614,7 @@ class Meta:
         return [TrashItem(*r) for r in rows]
 
     def undelete(self, trash_id: int, dest: tuple[bytes, ...] | None = None) -> Entry:
+        self._forget_dirs()  # may remove, move or re-goal a directory
         row = self.db.execute(
             "SELECT path, mode, mtime, size, hash, chunks, goal FROM trash WHERE id = ?",
             (trash_id,),

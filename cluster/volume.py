@@ -74,7 +74,7 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _libc_syncfs = _find_syncfs()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -180,12 +180,14 @@ class LocalVolume:
             return -hash(self.root)  # missing: its own domain; its writes fail anyway
 
     def _write(self, key: ChunkKey, data: bytes, *, durable: bool) -> None:
-        final = self.path_of(key)
-        folder = final.parent
+        # Plain strings, not ``path_of``'s Path: this is the hot path of every put.
+        name = key.name
+        folder = f"{self.name}/{key.folder}"
+        final = f"{folder}/{name}"
         table = crc.table(data)
         try:
             if len(table) > XATTR_MAX:
-                self._write_file(folder / f".tmp.{key.name}.crc", table, final.with_suffix(".crc"))
+                self._write_file(f"{folder}/.tmp.{name}.crc", table, f"{final}.crc")
             fd = self._create(final)
             try:
                 view = memoryview(data)
@@ -200,13 +202,13 @@ class LocalVolume:
             if durable:
                 _fsync_dir(folder)
         except OSError as exc:
-            for leftover in (final, final.with_suffix(".crc"), folder / f".tmp.{key.name}.crc"):
+            for leftover in (final, f"{final}.crc", f"{folder}/.tmp.{name}.crc"):
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
-            raise map_os_error(exc, f"{self.root}: put {key.name}") from None
+            raise map_os_error(exc, f"{self.root}: put {name}") from None
 
     @staticmethod
-    def _create(final: Path) -> int:
+    def _create(final: str) -> int:
         """Create the chunk file under its final name. Keys are never reused, so an existing
         file is the leftover of a write of this same key that crashed: replace it."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -216,17 +218,17 @@ class LocalVolume:
             os.unlink(final)
             return os.open(final, flags, 0o644)
 
-    def _set_crc_xattr(self, fd: int, table: bytes, folder: Path, key: ChunkKey) -> None:
+    def _set_crc_xattr(self, fd: int, table: bytes, folder: str, key: ChunkKey) -> None:
         try:
             os.setxattr(fd, XATTR, table)
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
             # No user xattrs on this filesystem: the sidecar holds the table.
-            self._write_file(folder / f".tmp.{key.name}.crc", table, folder / f"{key.name}.crc")
+            self._write_file(f"{folder}/.tmp.{key.name}.crc", table, f"{folder}/{key.name}.crc")
 
     @staticmethod
-    def _write_file(tmp: Path, data: bytes, final: Path) -> None:
+    def _write_file(tmp: str | Path, data: bytes, final: str | Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

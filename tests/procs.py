@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import IO
 
 
 def write_config(tmp: Path, **cluster: object) -> Path:
@@ -26,7 +25,8 @@ def write_config(tmp: Path, **cluster: object) -> Path:
 
 
 class Proc:
-    """A tandem subprocess whose stdout is JSON log lines."""
+    """A tandem subprocess whose stdout is JSON log lines, drained by a thread (a server that
+    logs every request must never block on a full pipe)."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.p = subprocess.Popen(
@@ -36,32 +36,40 @@ class Proc:
             stderr=subprocess.PIPE,
         )
         self.lines: list[dict[str, object]] = []
+        self._new = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            with self._new:
+                self.lines.append(rec)
+                self._new.notify_all()
+        with self._new:
+            self._new.notify_all()
 
     @property
     def pid(self) -> int:
         return self.p.pid
 
     def wait_event(self, event: str, timeout: float = 20.0) -> dict[str, object]:
-        """Read log lines until one with ``event``; fail with stderr if the process dies."""
-        assert self.p.stdout is not None
+        """Wait for a log line with ``event``; fail with stderr if the process dies first."""
         deadline = time.monotonic() + timeout
-        out: IO[bytes] = self.p.stdout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([out], [], [], 0.2)
-            if not ready:
-                if self.p.poll() is not None:
+        seen = 0
+        with self._new:
+            while time.monotonic() < deadline:
+                for rec in self.lines[seen:]:
+                    if rec.get("event") == event:
+                        return rec
+                seen = len(self.lines)
+                if self.p.poll() is not None and not self._reader.is_alive():
                     break
-                continue
-            line = out.readline()
-            if not line:
-                break
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            self.lines.append(rec)
-            if rec.get("event") == event:
-                return rec
+                self._new.wait(0.2)
         err = self.p.stderr.read().decode() if self.p.poll() is not None and self.p.stderr else ""
         raise AssertionError(f"no {event!r} from pid {self.pid} (exit {self.p.poll()}): {err}")
 
@@ -80,6 +88,7 @@ class Proc:
             self._close()
 
     def _close(self) -> None:
+        self._reader.join(5)
         for f in (self.p.stdout, self.p.stderr):
             if f is not None:
                 f.close()

@@ -435,6 +435,36 @@ async def test_mv_files_and_directories(m: Master) -> None:
     assert await check_refs(m) == []
 
 
+async def test_writer_directory_cache_is_never_stale(m: Master) -> None:
+    """Puts reuse the directories earlier puts resolved (``Meta._mkdirs``); whatever removes,
+    moves or re-goals a directory, or rolls back one just made, must not leave them cached."""
+    await m.put("/c/d/f1", b"1")
+    await m.rm("/c", recursive=True)
+    await m.put("/c/d/f2", b"2")  # /c and /c/d are made again, not reused
+    assert [e.path for e in await m.walk("/c")] == [b"/c", b"/c/d", b"/c/d/f2"]
+
+    await m.mv("/c", "/e")
+    await m.put("/c/d/f3", b"3")
+    assert [e.path for e in await m.walk("/c")] == [b"/c", b"/c/d", b"/c/d/f3"]
+    assert await m.cat("/e/d/f2") == b"2"
+
+    await m.setgoal("/c", 3)
+    assert (await m.put("/c/d/f4", b"4")).effective_goal == 3
+
+    def made_then_undone() -> None:  # a directory made in a savepoint that rolls back
+        with m.meta.transaction(), contextlib.suppress(NotFound), m.meta.savepoint():
+            m.meta.mkdir((b"r", b"s"))
+            raise NotFound("undo")
+
+    await m._db(made_then_undone)
+    with pytest.raises(NotFound):
+        await m.stat("/r")
+    await m.put("/r/s/f", b"5")
+    assert await m.cat("/r/s/f") == b"5"
+    assert [e.path for e in await m.walk("/r")] == [b"/r", b"/r/s", b"/r/s/f"]
+    assert await check_refs(m) == []
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
@@ -910,3 +940,15 @@ async def test_background_loop_heals_a_lost_volume(tmp_path: Path) -> None:
             assert await m.cat(p) == b
         assert status["background"].get("scrub_passes", 0) >= 1
         assert status["background"]["trash_purged"] >= 1
+
+
+async def test_overwrite_keeps_the_files_own_goal_and_trash_time(m: Master) -> None:
+    await m.put("/own/f", b"one")
+    await m.setgoal("/own/f", 3)
+    await m.settrashtime("/own/f", 60)
+    put = await m.put("/own/f", b"two")
+    e = await m.stat("/own/f")
+    assert (e.goal, e.trash_time, e.effective_goal, e.effective_trash_time) == (3, 60, 3, 60)
+    assert put == e  # what put returned is what stat reads back
+    (t,) = await m.trash_list()
+    assert t.expires - t.deleted == 60  # the old version kept the file's own trash time
