@@ -236,10 +236,11 @@ async def purge_pass(m: Master) -> None:
         log.info("changelog.trimmed", entries=trimmed)
 
 
-async def orphan_pass(m: Master) -> int:
-    """Delete chunk files that no metadata points at. A copy is kept while it is being
-    written (``m.inflight``, checked *before* the metadata, which is committed before the
-    in-flight mark is dropped), so a write in progress is never mistaken for an orphan."""
+async def orphan_pass(m: Master, *, remove: bool = True) -> int:
+    """Delete (or, with ``remove=False``, only count) chunk files that no metadata points at.
+    A copy is kept while it is being written (``m.inflight``, checked *before* the metadata,
+    which is committed before the in-flight mark is dropped), so a write in progress is never
+    mistaken for an orphan."""
     removed = 0
     for v in list(m.volumes.values()):
         if not v.readable:
@@ -249,11 +250,13 @@ async def orphan_pass(m: Master) -> int:
             async for key in v.store.list():
                 batch.append(key)
                 if len(batch) >= PAGE:
-                    removed += await _sweep(m, v, batch)
+                    removed += await _sweep(m, v, batch, remove)
                     batch = []
-            removed += await _sweep(m, v, batch)
+            removed += await _sweep(m, v, batch, remove)
         except StoreError as exc:
             m._volume_failed(v, exc)
+    if not remove:
+        return removed
     _bump(m, "orphans_removed", removed)
     m.stats["last_orphan_sweep"] = time.time()
     if removed:
@@ -261,7 +264,7 @@ async def orphan_pass(m: Master) -> int:
     return removed
 
 
-async def _sweep(m: Master, v: Volume, keys: list[ChunkKey]) -> int:
+async def _sweep(m: Master, v: Volume, keys: list[ChunkKey], remove: bool) -> int:
     candidates = [k for k in keys if (v.id, k.id) not in m.inflight]
     if not candidates:
         return 0
@@ -270,7 +273,8 @@ async def _sweep(m: Master, v: Volume, keys: list[ChunkKey]) -> int:
     for k in candidates:
         if copies.get(k.id, 0) & v.bit or (v.id, k.id) in m.inflight:
             continue
-        await v.store.delete(k)
-        log.info("orphan.removed", volume=v.path, chunk=k.name)
+        if remove:
+            await v.store.delete(k)
+            log.info("orphan.removed", volume=v.path, chunk=k.name)
         removed += 1
     return removed

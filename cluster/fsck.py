@@ -61,7 +61,7 @@ async def fsck(m: Master, *, verify: bool = False, repair: bool = False) -> dict
                 under += 1
             if repair and bad and good:
                 await m.drop_copies(c, bad)
-    orphans = await _count_orphans(m)
+    orphans = await background.orphan_pass(m, remove=False)
     if orphans:
         problems.append(f"{orphans} orphan chunk file(s)")
     if repair:
@@ -77,17 +77,3 @@ async def fsck(m: Master, *, verify: bool = False, repair: bool = False) -> dict
         "problems": problems[:1000],
         "repaired": repair,
     }
-
-
-async def _count_orphans(m: Master) -> int:
-    n = 0
-    for v in m.volumes.values():
-        if not v.readable:
-            continue
-        keys = [k async for k in v.store.list()]
-        copies = await m._db(m.meta.copies_of, [k.id for k in keys])
-        n += sum(
-            1 for k in keys
-            if not copies.get(k.id, 0) & v.bit and (v.id, k.id) not in m.inflight
-        )
-    return n

@@ -101,10 +101,6 @@ class ChunkInfo:
     chunk: Chunk
     copies: tuple[CopyInfo, ...]
 
-    @property
-    def valid(self) -> int:
-        return sum(1 for c in self.copies if c.state != "missing")
-
 
 class Master:
     """The cluster master and its in-process client API (``async with Master(cfg) as m``)."""
