@@ -196,14 +196,17 @@ async def _put(c: Any, args: argparse.Namespace) -> int:
         async def one(local: str, cpath: bytes) -> None:
             async with sem:
                 if local == "-":
-                    await c.put(cpath, sys.stdin.buffer.read())
+                    body = sys.stdin.buffer.read()
+                    await c.put(cpath, body)
+                    bar.update(len(body))
                     return
                 st = os.stat(local)
                 await c.put(cpath, _read_pieces(local, bar.update),
                             mode=stat_mod.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
 
         await asyncio.gather(*(one(p, cp) for p, cp in jobs))
-    print(f"put {len(jobs)} file(s), {total} bytes", file=sys.stderr)
+        sent = bar.n
+    print(f"put {len(jobs)} file(s), {sent} bytes", file=sys.stderr)
     return 0
 
 
