@@ -191,21 +191,26 @@ async def _put(c: Any, args: argparse.Namespace) -> int:
         paths.parse(cpath)  # refuse bad names before anything is written
     total = sum(os.path.getsize(p) for p, _ in jobs if p != "-")
     sem = asyncio.Semaphore(PUT_CONCURRENCY)
+    sent = 0
     with tqdm(total=total, unit="B", unit_scale=True, disable=None, file=sys.stderr) as bar:
+
+        def progress(n: int) -> None:
+            nonlocal sent
+            sent += n
+            bar.update(n)  # a no-op when stderr is not a terminal
 
         async def one(local: str, cpath: bytes) -> None:
             async with sem:
                 if local == "-":
                     body = sys.stdin.buffer.read()
                     await c.put(cpath, body)
-                    bar.update(len(body))
+                    progress(len(body))
                     return
                 st = os.stat(local)
-                await c.put(cpath, _read_pieces(local, bar.update),
+                await c.put(cpath, _read_pieces(local, progress),
                             mode=stat_mod.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
 
         await asyncio.gather(*(one(p, cp) for p, cp in jobs))
-        sent = bar.n
     print(f"put {len(jobs)} file(s), {sent} bytes", file=sys.stderr)
     return 0
 
