@@ -48,6 +48,12 @@ class Table:
         value: str = self._get(name, (str,), default, "a string")
         return value
 
+    def strings(self, name: str, default: list[str]) -> list[str]:
+        value: list[str] = self._get(name, (list,), default, "an array of strings")
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self.key(name)}: expected an array of strings, got {value!r}")
+        return value
+
     def boolean(self, name: str, default: bool) -> bool:
         value: bool = self._get(name, (bool,), default, "true or false")
         return value

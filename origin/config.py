@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.config import ClusterConfig, ConfigError, Table, load_cluster
+from nginx.config import NginxConfig, load_nginx
+from origin.settings import LegacyConfig, OriginConfig, load_legacy, load_origin
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -27,6 +29,9 @@ class Config:
     data_dir: Path
     log: LogConfig
     cluster: ClusterConfig
+    origin: OriginConfig
+    legacy: LegacyConfig
+    nginx: NginxConfig
 
 
 def load(path: Path | None, *, required: bool = False) -> Config:
@@ -51,9 +56,17 @@ def load(path: Path | None, *, required: bool = False) -> Config:
     if level not in LOG_LEVELS:
         raise ConfigError(f"log.level: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
     log_t.done()
-    cluster = load_cluster(root.table("cluster"), data_dir)
+    cfg = Config(
+        source=source,
+        data_dir=data_dir,
+        log=LogConfig(level),
+        cluster=load_cluster(root.table("cluster"), data_dir),
+        origin=load_origin(root.table("origin"), data_dir),
+        legacy=load_legacy(root.table("legacy"), data_dir),
+        nginx=load_nginx(root.table("nginx"), data_dir),
+    )
     root.done()
-    return Config(source=source, data_dir=data_dir, log=LogConfig(level), cluster=cluster)
+    return cfg
 
 
 def render(cfg: Config) -> str:
@@ -81,4 +94,47 @@ def render(cfg: Config) -> str:
     ]
     for v in c.volumes:
         lines += ["", "[[cluster.volumes]]", f'path = "{v.path}"']
+    o = cfg.origin
+    lines += [
+        "",
+        "[origin]",
+        f'listen = "{_hp(o.listen)}"',
+        f"workers = {o.workers}",
+        f"write_prefixes = [{', '.join(_q(p) for p in o.write_prefixes)}]",
+        f"write_token = {_q('<set>' if o.write_token else '')}",
+        f"max_upload = {o.max_upload}",
+        f"max_sync_lag = {o.max_sync_lag}",
+        f'fence_file = "{o.fence_file}"',
+    ]
+    for r in o.routes:
+        lines += [
+            "",
+            "[[origin.routes]]",
+            f"prefix = {_q(r.prefix)}",
+            f"root = {_q(r.root)}",
+            f"cache_control = {_q(r.cache_control)}",
+        ]
+    n = cfg.nginx
+    lines += [
+        "",
+        "[legacy]",
+        f'dir = "{cfg.legacy.dir}"',
+        f'listen = "{_hp(cfg.legacy.listen)}"',
+        "",
+        "[nginx]",
+        f'listen = "{_hp(n.listen)}"',
+        f"binary = {_q(n.binary)}",
+        f'run_dir = "{n.run_dir}"',
+        f"user = {_q(n.user)}",
+        f"worker_processes = {n.worker_processes}",
+        f"fast_path = {'true' if n.fast_path else 'false'}",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _hp(listen: tuple[str, int]) -> str:
+    return f"{listen[0]}:{listen[1]}"
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

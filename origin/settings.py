@@ -1,0 +1,113 @@
+"""The ``[origin]`` and ``[legacy]`` sections of ``tandem.toml``.
+
+A route maps a URL prefix (``/images/``) onto a cluster directory (``/images/``); the legacy
+directory has the same layout as the cluster namespace, so the same route serves it. Each route
+carries its ``Cache-Control``. The longest matching prefix wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.config import MIB, ConfigError, Table
+
+DEFAULT_ROUTES = (
+    ("/images/", "/images/", "public, max-age=2592000"),
+    ("/news/", "/news/", "public, max-age=60"),
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str  # URL prefix, starts and ends with "/"
+    root: str  # cluster directory it maps onto, starts and ends with "/"
+    cache_control: str  # "" sends none
+
+    def to_cluster(self, url_path: str) -> str:
+        """The cluster path of a (decoded) URL path under this route's prefix."""
+        return self.root + url_path[len(self.prefix) :]
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    listen: tuple[str, int]
+    workers: int
+    routes: tuple[Route, ...]
+    write_prefixes: tuple[str, ...]
+    write_token: str
+    max_upload: int
+    max_sync_lag: float
+    fence_file: Path
+
+    def route(self, url_path: str) -> Route | None:
+        best = None
+        for r in self.routes:
+            if url_path.startswith(r.prefix) and (best is None or len(r.prefix) > len(best.prefix)):
+                best = r
+        return best
+
+    def writable(self, url_path: str) -> bool:
+        return any(url_path.startswith(p) for p in self.write_prefixes)
+
+
+@dataclass(frozen=True)
+class LegacyConfig:
+    dir: Path
+    listen: tuple[str, int]
+
+
+def _prefix(t: Table, name: str, value: str) -> str:
+    if not (value.startswith("/") and value.endswith("/")) or "//" in value or "/../" in value:
+        raise ConfigError(f"{t.key(name)}: expected a path that starts and ends with '/', got {value!r}")
+    return value
+
+
+def load_origin(t: Table, data_dir: Path) -> OriginConfig:
+    rts = t.tables("routes")
+    if rts is None:
+        routes = tuple(Route(*r) for r in DEFAULT_ROUTES)
+    else:
+        out = []
+        for r in rts:
+            prefix = _prefix(r, "prefix", r.string("prefix", ""))
+            root = _prefix(r, "root", r.string("root", prefix))
+            cc = r.string("cache_control", "")
+            if any(c in cc for c in "\r\n\"\\"):
+                raise ConfigError(f"{r.key('cache_control')}: must be one header value")
+            r.done()
+            out.append(Route(prefix, root, cc))
+        routes = tuple(out)
+        if len({r.prefix for r in routes}) != len(routes):
+            raise ConfigError(f"{t.key('routes')}: the same prefix is listed twice")
+    write_prefixes = tuple(
+        _prefix(t, "write_prefixes", w) for w in t.strings("write_prefixes", [])
+    )
+    token = t.string("write_token", "")
+    if write_prefixes and len(token) < 16:
+        raise ConfigError(
+            f"{t.key('write_token')}: writes are on (write_prefixes), so a bearer token of at "
+            "least 16 characters is required"
+        )
+    cfg = OriginConfig(
+        listen=t.listen("listen", "127.0.0.1:9430"),
+        workers=t.integer("workers", 2, 1, 64),
+        routes=routes,
+        write_prefixes=write_prefixes,
+        write_token=token,
+        max_upload=t.integer("max_upload", 64 * MIB, 0, 1 << 40),
+        max_sync_lag=t.number("max_sync_lag", 30.0, 0.0, 86_400.0),
+        fence_file=t.path("fence_file", data_dir / "fence"),
+    )
+    t.done()
+    return cfg
+
+
+def load_legacy(t: Table, data_dir: Path) -> LegacyConfig:
+    cfg = LegacyConfig(
+        dir=t.path("dir", data_dir / "legacy"),
+        listen=t.listen("listen", "127.0.0.1:9431"),
+    )
+    t.done()
+    return cfg
+
