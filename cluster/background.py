@@ -33,6 +33,7 @@ from tenacity import (
 from cluster.errors import ChunkCorrupt, ChunkMissing, ClusterError, NotFound, StoreError
 from cluster.meta import Chunk
 from cluster.store import ChunkKey
+from cluster.volume import LocalVolume
 
 if TYPE_CHECKING:
     from cluster.master import Master, Volume
@@ -147,6 +148,7 @@ async def _fix_step(m: Master, chunk_id: int, counted: int) -> int:
         victim = next(v for v in reversed(list(m.volumes.values())) if readable & v.bit)
         await m._mutate(lambda: m.meta.set_copies(c.id, remove=victim.bit))
         await victim.store.delete(ChunkKey(c.id, c.version))
+        m.forget_links([victim])
         _bump(m, "copies_removed")
         log.info("replicate.removed", chunk=ChunkKey(c.id, c.version).name, volume=victim.path)
         return 1
@@ -159,10 +161,12 @@ async def _add_copy(m: Master, c: Chunk) -> int:
     targets = [v for v in m._candidates() if not c.copies & v.bit]
     if not targets:
         return 0
-    data = None
+    data, mtime = None, None
     for src in sources:
         try:
             data = await src.store.get(key)
+            if isinstance(src.store, LocalVolume):  # the copy keeps the file's mtime
+                mtime = src.store.mtime_ns(key)
             break
         except (ChunkCorrupt, ChunkMissing) as exc:
             log.error("chunk.bad_copy", volume=src.path, chunk=key.name, error=str(exc))
@@ -173,7 +177,7 @@ async def _add_copy(m: Master, c: Chunk) -> int:
     m.inflight.add((target.id, c.id))
     try:
         try:
-            await target.store.put(key, data)
+            await target.store.put(key, data, mtime_ns=mtime)
         except StoreError as exc:
             m._volume_failed(target, exc)
             raise

@@ -29,6 +29,7 @@ class PendingWrite:
     data: bytes
     candidates: list[tuple[int, BatchWriter]]  # (volume id, store), preferred first
     want: int
+    mtime_ns: int | None = None  # the file's mtime, set once the whole file is read
     mask: int = 0  # volumes that hold a durable copy once ``write_and_sync`` returned
 
 
@@ -46,7 +47,7 @@ def write_and_sync(writes: list[PendingWrite]) -> list[tuple[int, StoreError]]:
             if vid in bad:
                 continue
             try:
-                store.write_nosync(w.key, w.data)
+                store.write_nosync(w.key, w.data, mtime_ns=w.mtime_ns)
             except StoreError as exc:
                 failures.append((vid, exc))
                 bad.add(vid)

@@ -80,7 +80,8 @@ class ChangeFeed:
                         cursor = change.seq
                     if len(changes) < self.batch:
                         try:
-                            await asyncio.wait_for(wake.wait(), delay)
+                            async with asyncio.timeout(delay):  # wait_for can lose a cancel
+                                await wake.wait()
                             # The event comes when the WAL is written, before the commit is
                             # fsynced and visible: after one, keep looking every 0.1 s or
                             # sooner for a while, even if no further event comes.

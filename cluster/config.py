@@ -124,6 +124,7 @@ class ClusterConfig:
     scrub_rate: int
     health_interval: float
     work_interval: float
+    view: bool  # keep each volume's hard-link view (the nginx fast path) up to date
 
     @property
     def url(self) -> str:
@@ -160,6 +161,7 @@ def load_cluster(t: Table, data_dir: Path) -> ClusterConfig:
         scrub_rate=t.integer("scrub_rate", 8 * MIB, 0, 1 << 40),
         health_interval=t.number("health_interval", 2.0, 0.05, 3600.0),
         work_interval=t.number("work_interval", 5.0, 0.05, 3600.0),
+        view=t.boolean("view", True),
     )
     t.done()
     return cfg

@@ -28,6 +28,7 @@ from sanic.response import BaseHTTPResponse, HTTPResponse, JSONResponse, json
 from cluster import wire
 from cluster.errors import ClusterError, InvalidArgument
 from cluster.master import Master
+from cluster.ranges import parse_range
 
 log = structlog.get_logger("cluster")
 
@@ -58,26 +59,6 @@ def _body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidArgument("expected a JSON object body")
     return data
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range → (offset, length), or None."""
-    unit, _, spec = header.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        raise InvalidArgument(f"unsupported Range header: {header!r}")
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            n = int(last)
-            return (max(0, size - n), min(n, size))
-        lo = int(first)
-        hi = int(last) if last else size - 1
-    except ValueError:
-        raise InvalidArgument(f"malformed Range header: {header!r}") from None
-    if lo > hi or lo >= size:
-        return None
-    hi = min(hi, size - 1)
-    return lo, hi - lo + 1
 
 
 def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
@@ -200,7 +181,8 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
                         status=410)
         if last <= after and wait:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(m.changed.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel
+                    await m.changed.wait()
         return json([wire.change_json(c) for c in await m.changes(after, limit)])
 
     @app.post("/v1/<op:str>")

@@ -44,8 +44,9 @@ from cluster.errors import (
     VolumeReadOnly,
     VolumeUnavailable,
 )
-from cluster.meta import Chunk, Entry, Meta, NewChunk
+from cluster.meta import Chunk, Entry, Meta, NewChunk, distinct_mtime
 from cluster.store import BatchWriter, CachedReader, ChunkKey, ChunkStore
+from cluster.view import View
 from cluster.volume import LocalVolume
 
 log = structlog.get_logger("cluster")
@@ -112,6 +113,8 @@ class Master:
         self.inflight: set[tuple[int, int]] = set()  # (volume id, chunk id) being written
         self.stats: dict[str, Any] = {}
         self.changed = asyncio.Event()  # set after every commit (in-process change feed)
+        self.commits = 0  # commits so far: compare before waiting on ``changed``
+        self.view: View | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meta")
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite]]] = []
         self._queued = asyncio.Event()
@@ -197,6 +200,9 @@ class Master:
             from cluster.background import start
 
             self._tasks.extend(start(self))
+        if self.cfg.view:
+            self.view = View(self)
+            self._tasks.append(asyncio.create_task(self.view.run(), name="view"))
         log.info(
             "master.started",
             meta=str(self.cfg.meta_dir),
@@ -329,6 +335,7 @@ class Master:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+        self.commits += 1
         self.changed.set()
         self.changed.clear()
 
@@ -413,13 +420,21 @@ class Master:
                 size += len(piece)
                 key = ChunkKey(await self._next_chunk_id(), 1)
                 written.append(await self._place(key, piece, goal))
-            mtime = time.time_ns() if mtime_ns is None else mtime_ns
+            mtime = distinct_mtime(
+                self._current(parts), size, digest.digest(),
+                time.time_ns() if mtime_ns is None else mtime_ns,
+            )
+            await self._stamp(written, mtime)
 
             def commit() -> Entry:
-                return self.meta.commit_put(
+                entry = self.meta.commit_put(
                     parts, size=size, hash=digest.digest(), mode=mode, mtime_ns=mtime,
                     chunks=[_written(w) for w in written], goal=goal,
                 )
+                if entry.mtime_ns != mtime:  # a concurrent overwrite won the race: restamp
+                    for c in map(_new_chunk, written):
+                        self._set_mtime(c, entry.mtime_ns)
+                return entry
 
             entry = await self._mutate(
                 commit, [w for w in written if isinstance(w, PendingWrite)]
@@ -433,6 +448,32 @@ class Master:
                     self.inflight.discard((v.id, _new_chunk(w).id))
         log.debug("file.put", path=paths.show(entry.path), size=size, chunks=len(written))
         return entry
+
+    def _current(self, parts: tuple[bytes, ...]) -> Entry | None:
+        assert self.reader is not None
+        try:
+            return self.reader.stat(parts)
+        except ClusterError:
+            return None
+
+    async def _stamp(self, written: list[NewChunk | PendingWrite], mtime_ns: int) -> None:
+        """Give every copy the file's mtime: small chunks get it as the committer writes
+        them; large ones, already durable, get it set (and fsynced) now."""
+        done = []
+        for w in written:
+            if isinstance(w, PendingWrite):
+                w.mtime_ns = mtime_ns
+            else:
+                done.append(w)
+        if done:
+            await asyncio.gather(
+                *(asyncio.to_thread(self._set_mtime, c, mtime_ns) for c in done)
+            )
+
+    def _set_mtime(self, c: NewChunk, mtime_ns: int) -> None:
+        for v in self.volumes.values():
+            if c.copies & v.bit and isinstance(v.store, LocalVolume):
+                v.store.set_mtime(ChunkKey(c.id, c.version), mtime_ns)
 
     async def _place(self, key: ChunkKey, piece: bytes, goal: int) -> NewChunk | PendingWrite:
         """Write a chunk's copies now, or leave a small one to the group commit."""
@@ -533,7 +574,15 @@ class Master:
         for v in vols:
             with contextlib.suppress(StoreError):
                 await v.store.delete(ChunkKey(c.id, c.version))
+        self.forget_links(vols)
         self.stats["bad_copies_dropped"] = self.stats.get("bad_copies_dropped", 0) + len(vols)
+
+    def forget_links(self, vols: list[Volume]) -> None:
+        """Chunk files were removed from these volumes: their view links must be redone."""
+        if self.view is not None:
+            self.view.suspects.update(v.id for v in vols)
+            self.changed.set()
+            self.changed.clear()
 
     async def cat(self, path: bytes | str, offset: int = 0, length: int | None = None) -> bytes:
         return b"".join([p async for p in self.read(path, offset, length)])

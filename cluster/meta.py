@@ -30,6 +30,7 @@ from cluster.errors import (
 from cluster.paths import join, show
 
 ROOT_ID = 1
+NS = 1_000_000_000
 CHUNK_ID_BLOCK = 4096
 
 
@@ -58,6 +59,19 @@ class Entry:
     @property
     def is_dir(self) -> bool:
         return self.kind is Kind.DIR
+
+
+def distinct_mtime(old: Entry | None, size: int, hash: bytes, mtime_ns: int) -> int:
+    """The mtime to store for new content replacing ``old``.
+
+    Origins and nginx derive ETag and Last-Modified from (mtime in seconds, size) — nginx's
+    own validators — so they must change whenever the bytes do: new bytes of the same size
+    within the same second as the old version move to the second after the old one."""
+    if old is None or old.is_dir or old.size != size or old.hash == hash:
+        return mtime_ns
+    if old.mtime_ns // NS != mtime_ns // NS:
+        return mtime_ns
+    return (old.mtime_ns // NS + 1) * NS
 
 
 @dataclass(frozen=True)
@@ -418,7 +432,8 @@ class Meta:
         chunks: list[NewChunk],
         goal: int,
     ) -> Entry:
-        """Make a written file visible: its chunks, its entry, the old version into trash."""
+        """Make a written file visible: its chunks, its entry, the old version into trash.
+        The stored mtime may differ from ``mtime_ns``: see ``distinct_mtime``."""
         if not parts:
             raise IsADirectory("cannot put onto the root directory")
         parent, eff_goal, eff_trash = self._mkdirs(parts[:-1], 0o755, time.time_ns())
@@ -436,6 +451,7 @@ class Meta:
             )
             self._to_trash(old_entry)
             self.db.execute("DELETE FROM inode WHERE parent = ? AND name = ?", (parent, parts[-1]))
+            mtime_ns = distinct_mtime(old_entry, size, hash, mtime_ns)
         else:
             file_goal = file_trash = None
         for c in chunks:

@@ -3,7 +3,10 @@
 A store holds immutable chunks named by ``ChunkKey`` (id, version). Every implementation
 (local volume directory today; remote chunkserver and S3 next) must:
 
-- ``put``: make the chunk durable before returning (a crash after ``put`` returns keeps it);
+- ``put``: store the bytes (and ``mtime_ns``, the file's modification time, where the store
+  can keep one: a local volume sets the chunk file's mtime, which the nginx fast path turns
+  into ETag and Last-Modified); make the chunk durable before returning (a crash after
+  ``put`` returns keeps it);
   ``get`` never returns bytes of a chunk whose put has not completed (it raises
   ``ChunkMissing`` or ``ChunkCorrupt``), though ``head``/``list`` may already show it —
   the master only reads chunks its committed metadata points at;
@@ -58,7 +61,7 @@ class ChunkStore(Protocol):
 
     name: str
 
-    async def put(self, key: ChunkKey, data: bytes) -> None: ...
+    async def put(self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None) -> None: ...
 
     async def get(self, key: ChunkKey, offset: int = 0, length: int | None = None) -> bytes: ...
 
@@ -83,7 +86,8 @@ class BatchWriter(Protocol):
 
     sync_domain: int
 
-    def write_nosync(self, key: ChunkKey, data: bytes) -> None: ...
+    def write_nosync(self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None) -> None:
+        ...
 
     def sync(self) -> None: ...
 

@@ -144,17 +144,14 @@ class LocalVolume:
 
     # -- the store protocol -----------------------------------------------------------------
 
-    async def put(self, key: ChunkKey, data: bytes) -> None:
-        await asyncio.to_thread(self._put, key, data)
-
-    def _put(self, key: ChunkKey, data: bytes) -> None:
-        self._write(key, data, durable=True)
+    async def put(self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None) -> None:
+        await asyncio.to_thread(self._write, key, data, mtime_ns, True)
 
     # -- the batch-write ability (``store.BatchWriter``) ----------------------------------------
 
-    def write_nosync(self, key: ChunkKey, data: bytes) -> None:
+    def write_nosync(self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None) -> None:
         """Write a chunk without waiting for the disk; ``sync`` makes it durable."""
-        self._write(key, data, durable=False)
+        self._write(key, data, mtime_ns, False)
 
     def sync(self) -> None:
         """Make every earlier ``write_nosync`` durable: one syncfs(2) of the volume's
@@ -179,7 +176,7 @@ class LocalVolume:
         except OSError:
             return -hash(self.root)  # missing: its own domain; its writes fail anyway
 
-    def _write(self, key: ChunkKey, data: bytes, *, durable: bool) -> None:
+    def _write(self, key: ChunkKey, data: bytes, mtime_ns: int | None, durable: bool) -> None:
         # Plain strings, not ``path_of``'s Path: this is the hot path of every put.
         name = key.name
         folder = f"{self.name}/{key.folder}"
@@ -195,6 +192,8 @@ class LocalVolume:
                     view = view[os.write(fd, view) :]
                 if len(table) <= XATTR_MAX:
                     self._set_crc_xattr(fd, table, folder, key)
+                if mtime_ns is not None:
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
                 if durable:
                     os.fsync(fd)
             finally:
@@ -234,6 +233,28 @@ class LocalVolume:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, final)
+
+    # -- modification times (the nginx fast path derives ETag and Last-Modified from them) ----
+
+    def mtime_ns(self, key: ChunkKey) -> int | None:
+        """The chunk file's mtime, or None when it is missing."""
+        try:
+            return os.stat(f"{self.name}/{key.folder}/{key.name}").st_mtime_ns
+        except OSError:
+            return None
+
+    def set_mtime(self, key: ChunkKey, mtime_ns: int) -> None:
+        """Set the chunk file's mtime durably (blocking)."""
+        final = f"{self.name}/{key.folder}/{key.name}"
+        try:
+            fd = os.open(final, os.O_RDONLY)
+            try:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise map_os_error(exc, f"{self.root}: set mtime of {key.name}") from None
 
     async def get(self, key: ChunkKey, offset: int = 0, length: int | None = None) -> bytes:
         data = await asyncio.to_thread(self._get, key, offset, length)

@@ -91,6 +91,7 @@ def render(cfg: Config) -> str:
         f"scrub_rate = {c.scrub_rate}",
         f"health_interval = {c.health_interval}",
         f"work_interval = {c.work_interval}",
+        f"view = {'true' if c.view else 'false'}",
     ]
     for v in c.volumes:
         lines += ["", "[[cluster.volumes]]", f'path = "{v.path}"']

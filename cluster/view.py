@@ -1,0 +1,276 @@
+"""The hard-link view: each local volume's ``view/`` folder mirrors the namespace with hard
+links onto that volume's chunk files, so nginx can serve files without Python per request.
+
+A file is in the view of every volume that holds a copy of it whole: files of exactly one
+chunk (empty and multi-chunk files are served by the origin). The link *is* the chunk file
+(same inode), so nginx's ETag and Last-Modified come from the chunk file's size and mtime,
+and every copy carries its file's mtime (``Master.put``, replication). The link for a path is
+replaced by ``rename``, so a reader sees the old or the new version, never a mix or nothing.
+
+The view follows the master's commits (in-process wake-up, no polling) and re-reads the
+metadata of every path a change touches, so applying a change twice, or late, is harmless.
+It is rebuilt on every start (which also clears leftovers of a crash) and every
+``RECONCILE`` seconds. A chunk file removed from under a link (a bad copy dropped, an extra
+copy removed) leaves the link with one name: ``sweep`` finds such links and re-links the path.
+
+Everything here blocks; it runs on the view's own thread, never on the master's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from cluster import schema
+from cluster.errors import ClusterError, NotFound
+from cluster.meta import Change, Entry, Meta
+from cluster.store import ChunkKey
+from cluster.volume import LocalVolume
+
+if TYPE_CHECKING:
+    from cluster.master import Master
+
+log = structlog.get_logger("cluster")
+T = TypeVar("T")
+
+VIEW = "view"  # the folder, inside each volume, that holds the view
+RECONCILE = 3600.0  # seconds between full rebuilds (a safety net: changes apply at once)
+PAGE = 1000
+TMP = ".tandem-link."  # prefix of a link being put in place
+
+
+def view_root(volume: str | os.PathLike[str]) -> bytes:
+    return os.path.join(os.fsencode(volume), VIEW.encode())
+
+
+class View:
+    """Keeps the volumes' views in step with the master's namespace."""
+
+    def __init__(self, m: Master) -> None:
+        self.m = m
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="view")
+        self._meta: Meta | None = None
+        self.suspects: set[int] = set()  # volume ids to sweep for links that lost their chunk
+        self.applied = 0  # the last changelog seq reflected in the view
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run(self) -> None:
+        try:
+            await self._follow()
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _follow(self) -> None:
+        m = self.m
+        loop = asyncio.get_running_loop()
+        rebuilt_at = -RECONCILE
+        while True:
+            seen = m.commits
+            if loop.time() - rebuilt_at >= RECONCILE:
+                await self._run(self.rebuild)
+                rebuilt_at = loop.time()
+            batch = await self._run(self._apply_next)
+            if self.suspects:
+                vids, self.suspects = self.suspects, set()
+                await self._run(self._sweep, vids)
+            if batch or m.commits != seen:
+                continue
+            # Not ``wait_for``: on 3.11 it can swallow a cancel that meets the wake-up.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONCILE):
+                    await m.changed.wait()
+
+    # -- on the view thread ----------------------------------------------------------------
+
+    @property
+    def meta(self) -> Meta:
+        if self._meta is None:
+            conn = schema.connect(self.m.cfg.meta_dir / "meta.db", readonly=True)
+            self._meta = Meta(conn, self.m.cfg.default_goal, self.m.cfg.default_trash_time)
+        return self._meta
+
+    def _volumes(self) -> list[tuple[int, bytes]]:
+        return [
+            (v.id, view_root(v.path))
+            for v in self.m.volumes.values()
+            if v.readable and isinstance(v.store, LocalVolume)
+        ]
+
+    def rebuild(self) -> None:
+        """Make every view match the whole namespace."""
+        self.applied = self.meta.changelog_bounds()[1]
+        self.sync(b"/")
+        log.info("view.rebuilt", upto=self.applied)
+
+    def _apply_next(self) -> int:
+        changes = self.meta.changes(self.applied, PAGE)
+        for c in changes:
+            for path in touched(c):
+                self.sync(path)
+            self.applied = c.seq
+        return len(changes)
+
+    def sync(self, path: bytes) -> None:
+        """Make the views of the tree at ``path`` match the metadata."""
+        want = self._servable(path)
+        for vid, root in self._volumes():
+            bit = 1 << vid
+            mine = {rel: key for rel, (key, copies, _) in want.items() if copies & bit}
+            store = self.m.volumes[vid].store
+            assert isinstance(store, LocalVolume)
+            try:
+                self._sync_volume(root + _rel(path), mine, store, want)
+            except OSError as exc:  # a failing disk: the health check will mark it
+                log.warning("view.sync_failed", volume=root, error=str(exc))
+
+    def _servable(self, path: bytes) -> dict[bytes, tuple[ChunkKey, int, int]]:
+        """Files under ``path`` that the view holds: relative path → (chunk, copies, mtime)."""
+        out: dict[bytes, tuple[ChunkKey, int, int]] = {}
+        meta = self.meta
+        try:
+            meta.db.execute("BEGIN")
+            try:
+                for e in meta.walk(_parts(path)):
+                    if servable(e):
+                        (c,) = meta.chunks(e.chunks)
+                        out[e.path[len(path.rstrip(b"/")):]] = (
+                            ChunkKey(c.id, c.version), c.copies, e.mtime_ns
+                        )
+            finally:
+                meta.db.execute("COMMIT")
+        except NotFound:
+            pass
+        except ClusterError as exc:  # e.g. a parent that is now a file
+            log.debug("view.walk_failed", path=path, error=str(exc))
+        return out
+
+    def _sync_volume(
+        self,
+        top: bytes,
+        mine: dict[bytes, ChunkKey],
+        store: LocalVolume,
+        want: dict[bytes, tuple[ChunkKey, int, int]],
+    ) -> None:
+        have = _existing(top)
+        if not mine and os.path.isdir(top) and not os.path.islink(top):
+            shutil.rmtree(top, ignore_errors=True)  # a removed tree: its folders go too
+            return
+        for rel in have:
+            if rel not in mine:
+                _remove(top + rel)
+        for rel, key in mine.items():
+            src = os.fsencode(store.path_of(key))
+            try:
+                st = os.stat(src)
+            except FileNotFoundError:
+                continue  # the copy is gone: the metadata will catch up
+            mtime = want[rel][2]
+            if st.st_mtime_ns != mtime:  # e.g. a copy made before copies kept mtimes
+                os.utime(src, ns=(mtime, mtime))
+            if have.get(rel) != st.st_ino:
+                _link(src, top + rel)
+
+    def _sweep(self, vids: set[int]) -> None:
+        """Re-link every path whose link lost its chunk file (its only name is the link)."""
+        for vid, root in self._volumes():
+            if vid not in vids:
+                continue
+            stale = [rel for rel, n in _existing(root, nlink=True).items() if n == 1]
+            for rel in stale:
+                self.sync(rel)
+            if stale:
+                log.info("view.swept", volume=root, relinked=len(stale))
+
+
+def servable(e: Entry) -> bool:
+    """Whether nginx can send the file as one chunk file (the origin serves the rest)."""
+    return not e.is_dir and len(e.chunks) == 1
+
+
+def touched(c: Change) -> list[bytes]:
+    """The paths whose view a change may alter."""
+    if c.op in ("put", "undelete", "rm"):
+        return [c.path]
+    if c.op in ("mv", "snapshot") and c.dest is not None:
+        return [c.path, c.dest] if c.op == "mv" else [c.dest]
+    return []
+
+
+def _parts(path: bytes) -> tuple[bytes, ...]:
+    return tuple(p for p in path.split(b"/") if p)
+
+
+def _rel(path: bytes) -> bytes:
+    return b"" if path == b"/" else path.rstrip(b"/")
+
+
+def _existing(top: bytes | str, *, nlink: bool = False) -> dict[bytes, int]:
+    """Regular files under ``top`` (itself if it is one): path relative to ``top`` → inode
+    (or link count). Directories are walked; anything else is ignored."""
+    top = os.fsencode(top)
+    out: dict[bytes, int] = {}
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return out
+    if stat.S_ISREG(st.st_mode):
+        out[b""] = st.st_nlink if nlink else st.st_ino
+        return out
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        with contextlib.suppress(FileNotFoundError), os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    s = e.stat(follow_symlinks=False)
+                    out[e.path[len(top):]] = s.st_nlink if nlink else s.st_ino
+    return out
+
+
+def _remove(path: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _link(src: bytes, dst: bytes) -> None:
+    """Put a hard link to ``src`` at ``dst`` atomically, making room for it: a directory
+    where the file goes is removed, a file where a parent directory goes is removed."""
+    parent = os.path.dirname(dst)
+    _make_dirs(parent)
+    tmp = os.path.join(parent, TMP.encode() + os.urandom(6).hex().encode())
+    os.link(src, tmp)
+    try:
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.rename(tmp, dst)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _make_dirs(path: bytes) -> None:
+    try:
+        os.makedirs(path, 0o755, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # A file stands where a directory now goes: it was a file before, remove it.
+        probe = path
+        while probe and not os.path.isdir(probe):
+            if os.path.lexists(probe):
+                os.unlink(probe)
+                break
+            probe = os.path.dirname(probe)
+        os.makedirs(path, 0o755, exist_ok=True)
+
+

@@ -1,0 +1,179 @@
+"""The hard-link view on the volumes (the nginx fast path's files) and the chunk mtimes it
+relies on: real volume directories, real hard links, the master's real view task."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from test_master import cluster_cfg, copy_path, data
+
+from cluster import background
+from cluster.master import Master
+from cluster.meta import NS, Entry
+from cluster.view import TMP, view_root
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def m(tmp_path: Path) -> AsyncIterator[Master]:
+    async with Master(cluster_cfg(tmp_path), background=False) as master:
+        yield master
+
+
+def link(m: Master, vid: int, path: str) -> Path:
+    return Path(os.fsdecode(view_root(m.volumes[vid].path))) / path.lstrip("/")
+
+
+def linked(m: Master, path: str) -> set[int]:
+    """Volumes whose view has ``path``."""
+    return {vid for vid in m.volumes if link(m, vid, path).is_file()}
+
+
+async def settle(m: Master, until: Callable[[], bool], within: float = 2.0) -> None:
+    """Wait until ``until()`` is true (the view applies commits within milliseconds)."""
+    deadline = time.monotonic() + within
+    while not until():
+        assert time.monotonic() < deadline, "the view did not catch up"
+        await asyncio.sleep(0.01)
+
+
+async def holders(m: Master, path: str) -> set[int]:
+    _, infos = await m.fileinfo(path)
+    (info,) = infos
+    return {cp.volume for cp in info.copies}
+
+
+async def test_a_put_is_linked_on_every_volume_holding_a_copy(m: Master) -> None:
+    body = data(5000)
+    e = await m.put("/images/a.jpg", body, mtime_ns=1_700_000_000_123_456_789)
+    want = await holders(m, "/images/a.jpg")
+    assert len(want) == 2  # default goal 2
+    await settle(m, lambda: linked(m, "/images/a.jpg") == want)
+    _, (info,) = await m.fileinfo("/images/a.jpg")
+    for vid in want:
+        st = link(m, vid, "/images/a.jpg").stat()
+        chunk = copy_path(m, vid, info.chunk).stat()
+        assert (st.st_ino, st.st_dev) == (chunk.st_ino, chunk.st_dev)  # the chunk file itself
+        assert st.st_mtime_ns == e.mtime_ns == 1_700_000_000_123_456_789
+        assert link(m, vid, "/images/a.jpg").read_bytes() == body
+
+
+async def test_overwrite_relinks_and_same_size_same_second_moves_mtime(m: Master) -> None:
+    t = 1_700_000_000 * NS
+    await m.put("/n/index.html", b"A" * 100, mtime_ns=t)
+    await settle(m, lambda: bool(linked(m, "/n/index.html")))
+    e2 = await m.put("/n/index.html", b"B" * 100, mtime_ns=t + 500_000_000)
+    assert e2.mtime_ns == t + NS  # same size, same second, other bytes: the next second
+    same = await m.put("/n/index.html", b"B" * 100, mtime_ns=t + NS)
+    assert same.mtime_ns == t + NS  # identical bytes keep their validators
+    other = await m.put("/n/index.html", b"C" * 101, mtime_ns=t)
+    assert other.mtime_ns == t  # another size: the ETag differs anyway
+
+    def new_bytes() -> bool:
+        vids = linked(m, "/n/index.html")
+        return bool(vids) and all(
+            link(m, v, "/n/index.html").read_bytes() == b"C" * 101 for v in vids
+        )
+
+    await settle(m, new_bytes)
+    assert (await m.stat("/n/index.html")).mtime_ns == t
+
+
+async def test_rm_mv_snapshot_and_trees(m: Master) -> None:
+    for i in range(3):
+        await m.put(f"/news/2026/{i}.html", data(300, i))
+    await settle(m, lambda: all(linked(m, f"/news/2026/{i}.html") for i in range(3)))
+    await m.rm("/news/2026/0.html")
+    await settle(m, lambda: not linked(m, "/news/2026/0.html"))
+    await m.mv("/news/2026", "/news/archive")
+    await settle(m, lambda: bool(linked(m, "/news/archive/1.html")))
+    assert not any(link(m, v, "/news/2026").exists() for v in m.volumes)  # folders go too
+    await m.snapshot("/news/archive", "/snap")
+    await settle(m, lambda: bool(linked(m, "/snap/2.html")))
+    assert linked(m, "/news/archive/2.html")
+    await m.rm("/news", recursive=True)
+    await settle(m, lambda: not any(link(m, v, "/news").exists() for v in m.volumes))
+    assert linked(m, "/snap/1.html")  # the snapshot is untouched
+
+
+async def test_a_file_replaced_by_a_directory_and_back(m: Master) -> None:
+    await m.put("/x", b"file")
+    await settle(m, lambda: bool(linked(m, "/x")))
+    await m.rm("/x")
+    await m.put("/x/inner.txt", b"inner")
+    await settle(m, lambda: bool(linked(m, "/x/inner.txt")))
+    await m.rm("/x", recursive=True)
+    await m.put("/x", b"file again")
+    await settle(m, lambda: bool(linked(m, "/x")))
+
+
+async def test_only_single_chunk_files_are_in_the_view(m: Master) -> None:
+    await m.put("/big.bin", data(3 * m.cfg.chunk_size))  # three chunks: the origin serves it
+    await m.put("/empty.txt", b"")
+    await m.put("/one.bin", b"1")
+    await settle(m, lambda: bool(linked(m, "/one.bin")))
+    assert not linked(m, "/big.bin") and not linked(m, "/empty.txt")
+
+
+async def test_large_single_chunk_file_keeps_its_mtime(tmp_path: Path) -> None:
+    cfg = cluster_cfg(tmp_path, chunk_size=4 << 20)
+    async with Master(cfg, background=False) as m:
+        e = await m.put("/large.bin", data(2 << 20), mtime_ns=1_600_000_000 * NS)
+        _, (info,) = await m.fileinfo("/large.bin")
+        for cp in info.copies:  # written before the mtime was known, then stamped
+            assert copy_path(m, cp.volume, info.chunk).stat().st_mtime_ns == e.mtime_ns
+
+
+async def test_replication_keeps_the_mtime(m: Master) -> None:
+    await m.setgoal("/", 1)
+    e: Entry = await m.put("/r.bin", data(1000), mtime_ns=1_650_000_000 * NS)
+    await m.setgoal("/r.bin", 3)
+    await background.replicate_pass(m)
+    await background.replicate_pass(m)
+    _, (info,) = await m.fileinfo("/r.bin")
+    assert len(info.copies) == 3
+    for cp in info.copies:
+        assert copy_path(m, cp.volume, info.chunk).stat().st_mtime_ns == e.mtime_ns
+
+
+async def test_a_dropped_bad_copy_is_unlinked_and_never_served(m: Master) -> None:
+    body = data(4000, 7)
+    await m.put("/images/bad.jpg", body)
+    want = await holders(m, "/images/bad.jpg")
+    await settle(m, lambda: linked(m, "/images/bad.jpg") == want)
+    _, (info,) = await m.fileinfo("/images/bad.jpg")
+    victim = min(want)
+    p = copy_path(m, victim, info.chunk)
+    raw = bytearray(p.read_bytes())
+    raw[10] ^= 0xFF
+    p.write_bytes(raw)  # in place: the view link is the same inode, so it is corrupt too
+    for _ in range(4):  # reads rotate over the copies: one of them meets the bad copy
+        assert await m.cat("/images/bad.jpg") == body
+    assert victim not in await holders(m, "/images/bad.jpg")
+    await settle(m, lambda: victim not in linked(m, "/images/bad.jpg"))
+    for vid in linked(m, "/images/bad.jpg"):
+        assert link(m, vid, "/images/bad.jpg").read_bytes() == body
+
+
+async def test_restart_rebuilds_the_view_and_clears_leftovers(tmp_path: Path) -> None:
+    cfg = cluster_cfg(tmp_path)
+    async with Master(cfg, background=False) as m:
+        await m.put("/keep.txt", b"keep")
+        await settle(m, lambda: bool(linked(m, "/keep.txt")))
+        vid = min(linked(m, "/keep.txt"))
+        stray = link(m, vid, "/gone.txt")
+        leftover = link(m, vid, "/" + TMP + "abc")
+    async with Master(dataclasses.replace(cfg, view=False), background=False) as m:
+        await m.rm("/keep.txt")  # changed while no view was kept
+    stray.write_bytes(b"stale")
+    leftover.write_bytes(b"half")
+    async with Master(cfg, background=False) as m:
+        await settle(m, lambda: not stray.exists() and not leftover.exists())
+        await settle(m, lambda: not linked(m, "/keep.txt"))
