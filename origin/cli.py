@@ -2,6 +2,7 @@
 
     tandem [--config FILE] config check|show
     tandem [--config FILE] cluster COMMAND …       (see cluster/cli.py)
+    tandem [--config FILE] nginx render|check|reload (see nginx/cli.py)
     tandem [--config FILE] up [--no-demo]
 
 ``main(argv) -> int`` is what tests call. User errors print one line on stderr and exit 1.
@@ -17,6 +18,7 @@ from pathlib import Path
 from cluster import cli as cluster_cli
 from cluster.config import ConfigError
 from cluster.errors import ClusterError
+from nginx import cli as nginx_cli
 from origin import config as config_mod
 from origin import logs
 
@@ -30,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="check or show the effective configuration")
     c.add_argument("action", choices=["check", "show"])
     cluster_cli.add_parser(sub)
+    nginx_cli.add_parser(sub)
     u = sub.add_parser("up", help="run the whole system on this machine (embedded default)")
     u.add_argument("--no-demo", action="store_true", help="do not load the demo dataset")
     u.add_argument("--listen", help="HOST:PORT for the master (default: cluster.listen)")
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             from origin.up import up
 
             return asyncio.run(up(cfg, demo=not args.no_demo, listen=args.listen))
+        if args.command == "nginx":
+            return nginx_cli.run(args, cfg)
         return asyncio.run(cluster_cli.run(args, cfg.cluster))
     except ClusterError as exc:
         print(f"tandem: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -9,19 +9,41 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 
-def write_config(tmp: Path, **cluster: object) -> Path:
-    """A tandem.toml under ``tmp`` with fast background intervals and 3 volumes."""
+def write_config(
+    tmp: Path, *, sections: Mapping[str, Mapping[str, object]] | None = None, **cluster: object
+) -> Path:
+    """A tandem.toml under ``tmp`` with fast background intervals and 3 volumes.
+
+    ``sections`` adds other tables (``{"nginx": {"fast_path": False}}``); a list of tables as
+    a value is written as an array of tables (``{"origin": {"routes": [{…}, …]}}``)."""
     opts = {"health_interval": 0.2, "work_interval": 0.2, "replication_delay": 1.0}
     opts.update(cluster)
     lines = [f'data_dir = "{tmp}/var"', "[cluster]", 'listen = "127.0.0.1:0"']
     for k, v in opts.items():
         lines.append(f"{k} = {json.dumps(v)}")
+    for name, table in (sections or {}).items():
+        lines += _toml_table(name, table)
     path = tmp / "tandem.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _toml_table(name: str, table: Mapping[str, object]) -> list[str]:
+    """One TOML table; JSON scalars and string arrays are valid TOML values."""
+    lines, arrays = [f"[{name}]"], []
+    for k, v in table.items():
+        if isinstance(v, list) and v and all(isinstance(i, Mapping) for i in v):
+            arrays += [(k, item) for item in v]
+        else:
+            lines.append(f"{k} = {json.dumps(v)}")
+    for k, item in arrays:
+        lines.append(f"[[{name}.{k}]]")
+        lines += [f"{ik} = {json.dumps(iv)}" for ik, iv in item.items()]
+    return lines
 
 
 class Proc:
