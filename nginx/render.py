@@ -298,6 +298,7 @@ def _proxy_settings(cfg: Config) -> list[str]:
         f"proxy_send_timeout {SEND_TIMEOUT};",
         "# Small answers are taken whole (the origin is freed at once); big ones stream through",
         "# memory buffers at the client's pace, never spooled to disk.",
+        "proxy_hide_header Alt-Svc;  # sanic sends an empty one",
         "proxy_buffering on;",
         "proxy_max_temp_file_size 0;",
         "# Uploads stream to the origin as they arrive.",

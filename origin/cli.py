@@ -33,6 +33,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["check", "show"])
     cluster_cli.add_parser(sub)
     nginx_cli.add_parser(sub)
+    o = sub.add_parser("origin", help="serve asset URLs from the cluster (or --legacy directory)")
+    o.add_argument("--legacy", action="store_true",
+                   help="serve the legacy directory (legacy.dir) on legacy.listen instead")
+    o.add_argument("--listen", help="HOST:PORT (default: origin.listen or legacy.listen)")
+    o.add_argument("--workers", type=int, help="worker processes (default: origin.workers)")
     u = sub.add_parser("up", help="run the whole system on this machine (embedded default)")
     u.add_argument("--no-demo", action="store_true", help="do not load the demo dataset")
     u.add_argument("--listen", help="HOST:PORT for the master (default: cluster.listen)")
@@ -46,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tandem: config error: {exc}", file=sys.stderr)
         return 1
-    server = args.command == "up" or (args.command == "cluster" and args.cmd == "serve")
+    server = args.command in ("up", "origin") or (
+        args.command == "cluster" and args.cmd == "serve"
+    )
     logs.configure(cfg.log.level if server else "warning", role=args.command,
                    to_stderr=not server)
     try:
@@ -60,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from origin.up import up
 
             return asyncio.run(up(cfg, demo=not args.no_demo, listen=args.listen))
+        if args.command == "origin":
+            from origin.server import run
+
+            return run(cfg, legacy=args.legacy, listen=args.listen, workers=args.workers)
         if args.command == "nginx":
             return nginx_cli.run(args, cfg)
         return asyncio.run(cluster_cli.run(args, cfg.cluster))

@@ -60,9 +60,15 @@ from cluster.ranges import ByteRange, NoRange, is_bytes_range, select_range
 Headers = Mapping[str, str] | Callable[[str], str | None]
 
 _ERROR_TITLES = {
+    400: "400 Bad Request",
+    403: "403 Forbidden",
+    404: "404 Not Found",
     405: "405 Not Allowed",
     412: "412 Precondition Failed",
+    414: "414 Request-URI Too Large",
     416: "416 Requested Range Not Satisfiable",
+    500: "500 Internal Server Error",
+    503: "503 Service Temporarily Unavailable",
 }
 #: the tail of nginx's built-in error pages with ``server_tokens off``.
 _ERROR_TAIL = "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"

@@ -24,9 +24,9 @@ class Route:
     root: str  # cluster directory it maps onto, starts and ends with "/"
     cache_control: str  # "" sends none
 
-    def to_cluster(self, url_path: str) -> str:
+    def to_cluster(self, url_path: bytes) -> bytes:
         """The cluster path of a (decoded) URL path under this route's prefix."""
-        return self.root + url_path[len(self.prefix) :]
+        return self.root.encode() + url_path[len(self.prefix.encode()) :]
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,17 @@ class OriginConfig:
     max_sync_lag: float
     fence_file: Path
 
-    def route(self, url_path: str) -> Route | None:
+    def route(self, url_path: bytes) -> Route | None:
+        """The route of the longest prefix that the (decoded) URL path starts with."""
         best = None
         for r in self.routes:
-            if url_path.startswith(r.prefix) and (best is None or len(r.prefix) > len(best.prefix)):
+            p = r.prefix.encode()
+            if url_path.startswith(p) and (best is None or len(p) > len(best.prefix.encode())):
                 best = r
         return best
 
-    def writable(self, url_path: str) -> bool:
-        return any(url_path.startswith(p) for p in self.write_prefixes)
+    def writable(self, url_path: bytes) -> bool:
+        return any(url_path.startswith(p.encode()) for p in self.write_prefixes)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ class LegacyConfig:
 
 def _prefix(t: Table, name: str, value: str) -> str:
     if not (value.startswith("/") and value.endswith("/")) or "//" in value or "/../" in value:
-        raise ConfigError(f"{t.key(name)}: expected a path that starts and ends with '/', got {value!r}")
+        raise ConfigError(
+            f"{t.key(name)}: expected a path that starts and ends with '/', got {value!r}"
+        )
     return value
 
 

@@ -1,0 +1,146 @@
+"""The origin's HTTP app (sanic): asset URLs, health, metrics, status, crawler writes.
+
+Thin handlers over a ``Source`` (``sources.py``): the URL becomes a cluster path
+(``urls.py``), the source gives the file, ``semantics.evaluate`` gives nginx's answer for it
+(validators, 304/412, ranges), and the bytes go out one of two ways:
+
+- behind tandem's nginx (the request carries ``X-Tandem-Accel``) and for a file nginx can send
+  as is: headers only, with ``X-Accel-Redirect`` to the chunk file (or legacy file); nginx
+  answers conditionals and ranges itself from that file, which has the same size and mtime;
+- otherwise streamed in pieces of at most ``sources.PIECE`` bytes, with Content-Length.
+
+Storage trouble is a 503 (nginx fails a 503 over to the backup; a 500 it would pass on).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, json
+
+from origin import health, metrics, mime, semantics, urls
+from origin.config import Config
+from origin.errors import OriginError, Refused
+from origin.sources import File, Source
+from origin.writes import Writer
+
+log = structlog.get_logger("origin")
+
+METHODS = ["GET", "HEAD", "PUT", "DELETE", "POST", "OPTIONS", "PATCH"]
+ACCEL_HEADER = "x-tandem-accel"
+
+
+def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[Any, Any]:
+    app: Sanic[Any, Any] = Sanic(f"tandem-{role}", configure_logging=False)
+    app.config.TOUCHUP = False  # see cluster.http_api
+    app.config.KEEP_ALIVE_TIMEOUT = 75  # nginx keeps upstream connections open
+    app.config.REQUEST_MAX_SIZE = max(cfg.origin.max_upload, 1 << 20)
+    app.config.REQUEST_MAX_HEADER_SIZE = urls.MAX_URI
+    app.config.REQUEST_TIMEOUT = 10  # a slow client holds only its own connection
+    app.config.RESPONSE_TIMEOUT = 3600
+    writer = Writer(cfg) if role == "origin" and cfg.origin.write_prefixes else None
+    ocfg = cfg.origin
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> HTTPResponse:
+        return HTTPResponse("ok\n", content_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> HTTPResponse:
+        problems = health.problems(cfg, source)
+        body = {"ready": not problems, "role": role, "problems": problems}
+        return json(body, status=503 if problems else 200)
+
+    @app.get("/metrics")
+    async def metrics_page(request: Request) -> HTTPResponse:
+        data, ctype = metrics.render()
+        return HTTPResponse(data, content_type=ctype)
+
+    @app.get("/status")
+    async def status_page(request: Request) -> HTTPResponse:
+        return HTTPResponse(await health.status_html(cfg, source, role),
+                            content_type="text/html; charset=utf-8")
+
+    @app.route("/<anything:path>", methods=METHODS, stream=True, unquote=False)
+    async def asset(request: Request, anything: str) -> HTTPResponse | None:
+        started = time.perf_counter()
+        status, sent = 500, 0
+        try:
+            url_path = urls.decode(request.raw_url)
+            if request.method in ("PUT", "DELETE") and writer is not None:
+                resp = await writer.handle(request, url_path)
+                status = resp.status
+                return resp
+            found = urls.resolve(ocfg, url_path)
+            f = source.lookup(found[1]) if found is not None else None
+            if found is None or f is None:
+                status = 404
+                return _page(404, request)
+            status, sent = await _serve(request, found[0].cache_control, found[1][-1], f, source)
+            return None
+        except Refused as exc:
+            status = exc.status
+            return _page(exc.status, request, str(exc))
+        except OriginError as exc:
+            status = exc.status
+            log.error("origin.unavailable", path=request.path, error=str(exc))
+            return _page(503, request, str(exc))
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.observe(status, sent, elapsed)
+            log.info("http.request", method=request.method, path=request.path, status=status,
+                     bytes=sent, ms=round(elapsed * 1000, 3))
+
+    return app
+
+
+async def _serve(request: Request, cache_control: str, name: bytes, f: File,
+                 source: Source) -> tuple[int, int]:
+    """Answer a file; returns (status, body bytes sent)."""
+    ctype = mime.content_type(name)
+    if f.accel is not None and ACCEL_HEADER in request.headers and request.method in (
+        "GET", "HEAD"
+    ):
+        headers = {"X-Accel-Redirect": f.accel, "Content-Type": ctype}
+        if cache_control:
+            headers["Cache-Control"] = cache_control
+        await request.respond(HTTPResponse(b"", headers=headers))
+        return 200, 0
+    tag = semantics.etag(f.mtime_ns, f.size)
+    out = semantics.evaluate(request.method, request.headers.get, tag,
+                             f.mtime_ns // 1_000_000_000, f.size)
+    headers = dict(out.headers)
+    if out.file_type:
+        headers["Content-Type"] = ctype
+    if cache_control and out.cacheable:
+        headers["Cache-Control"] = cache_control
+    if out.body or not out.length:
+        await request.respond(HTTPResponse(out.body, status=out.status, headers=headers))
+        return out.status, len(out.body)
+    pieces = source.read(f, out.offset, out.length)
+    first = await anext(pieces)  # storage errors surface before any header is sent
+    if len(first) == out.length:
+        await request.respond(HTTPResponse(first, status=out.status, headers=headers))
+        return out.status, len(first)
+    resp = await request.respond(status=out.status, headers=headers)
+    assert resp is not None
+    await resp.send(first)
+    sent = len(first)
+    async for piece in pieces:
+        await resp.send(piece)
+        sent += len(piece)
+    await resp.eof()
+    return out.status, sent
+
+
+def _page(status: int, request: Request, reason: str = "") -> HTTPResponse:
+    """nginx's page for ``status``; the reason goes to a header, not into the page."""
+    body = semantics.error_page(status, request.headers.get("user-agent"))
+    headers = {"X-Tandem-Reason": reason} if reason else {}
+    if request.method == "HEAD":
+        body = b""
+    return HTTPResponse(body, status=status, headers=headers,
+                        content_type=semantics.ERROR_CONTENT_TYPE)

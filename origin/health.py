@@ -1,0 +1,54 @@
+"""Readiness and the status page.
+
+``/readyz`` is what nginx and operators use to decide whether this origin should get traffic:
+the metadata is readable, every volume (or the legacy directory) is there, the sync lag is
+under ``origin.max_sync_lag`` and writers are not fenced (a flip in progress). Any problem
+makes it a 503 with the reasons in JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from origin.config import Config
+from origin.sources import Source
+
+#: the syncer's status file, relative to the data folder (issue 4 writes it)
+SYNC_STATUS = Path("sync") / "status.json"
+
+
+def sync_status(cfg: Config) -> dict[str, Any] | None:
+    try:
+        data = json.loads((cfg.data_dir / SYNC_STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def problems(cfg: Config, source: Source) -> list[str]:
+    out = source.ready()
+    if cfg.origin.fence_file.exists():
+        out.append(f"writers are fenced ({cfg.origin.fence_file} exists): a flip is running")
+    st = sync_status(cfg)
+    if st is not None:
+        lag = float(st.get("lag_seconds", 0.0))
+        if lag > cfg.origin.max_sync_lag:
+            out.append(f"sync lag {lag:.1f} s is over {cfg.origin.max_sync_lag:.1f} s")
+    return out
+
+
+async def status_html(cfg: Config, source: Source, role: str) -> str:
+    """A page for people: this origin's readiness, the volumes, goals and sync state."""
+    from origin.status_page import render
+
+    return render(cfg, source, role, problems(cfg, source), sync_status(cfg), time.time(),
+                  os.getpid())
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value))

@@ -1,0 +1,187 @@
+"""Where the origin's files come from: the cluster (metadata read straight from the master's
+SQLite file, bytes from the volumes) or a plain directory (the legacy ``STATIC``).
+
+Both answer ``lookup`` with a ``File`` — size, mtime, and where nginx can send the bytes from
+itself (``accel``) — and stream byte ranges with ``read``. The HTTP layer above them is one
+and the same, so the same bytes get the same validators on both.
+
+Lookups run on the event loop: a metadata lookup is a few primary-key reads of pages in
+memory and a directory lookup a few syscalls, both cheaper than a hop to a thread. Bytes are
+read without blocking when they are in the page cache (``RWF_NOWAIT``), else on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+from urllib.parse import quote
+
+import structlog
+
+from cluster import schema
+from cluster.config import ClusterConfig
+from cluster.errors import ClusterError
+from cluster.master import Volume, chunk_slices, read_copy
+from cluster.meta import Chunk, Entry, Meta
+from cluster.store import ChunkKey
+from cluster.view import servable
+from cluster.volume import LocalVolume, pread_nowait
+from nginx.accel import LEGACY_LOCATION, volume_location
+from origin.errors import Unavailable
+
+log = structlog.get_logger("origin")
+
+PIECE = 256 * 1024  # bytes per piece when streaming: the memory a request may hold
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    size: int
+    mtime_ns: int
+    accel: str | None  # an internal nginx URI that sends exactly these bytes, if any
+    handle: object  # the source's own reference (cluster: entry and chunks; legacy: path)
+
+
+class Source(Protocol):
+    def lookup(self, parts: tuple[bytes, ...]) -> File | None: ...
+
+    def read(self, f: File, offset: int, length: int) -> AsyncIterator[bytes]: ...
+
+    def ready(self) -> list[str]: ...
+
+
+class ClusterSource:
+    """Files of the cluster, read without the master: read-only SQLite, local volumes."""
+
+    def __init__(self, cfg: ClusterConfig) -> None:
+        conn = schema.connect(cfg.meta_dir / "meta.db", readonly=True)
+        self.meta = Meta(conn, cfg.default_goal, cfg.default_trash_time, dir_cache=True)
+        known = self.meta.volumes()
+        self.volumes: dict[int, Volume] = {}
+        self.accel: dict[int, str] = {}  # volume id → internal location (config order)
+        for i, vc in enumerate(cfg.volumes):
+            path = str(vc.path.resolve())
+            if path in known:
+                vid = known[path][0]
+                self.volumes[vid] = Volume(vid, path, LocalVolume(Path(path)))
+                self.accel[vid] = volume_location(i)
+        self._turn = 0
+
+    def lookup(self, parts: tuple[bytes, ...]) -> File | None:
+        meta = self.meta
+        meta.db.execute("BEGIN")
+        try:
+            e = meta.stat(parts)
+            if e.is_dir:
+                return None
+            chunks = meta.chunks(e.chunks)
+        except ClusterError:
+            return None
+        finally:
+            meta.db.execute("COMMIT")
+        return File(e.size, e.mtime_ns, self._accel(e, chunks), (e, chunks))
+
+    def _accel(self, e: Entry, chunks: list[Chunk]) -> str | None:
+        """A copy nginx can send as is: one chunk, a file whose size and mtime are the
+        entry's (so nginx's validators are the ones the origin computes)."""
+        if not servable(e):
+            return None
+        (c,) = chunks
+        key = ChunkKey(c.id, c.version)
+        for vid in self._order(c):
+            store = self.volumes[vid].store
+            assert isinstance(store, LocalVolume)
+            try:
+                st = os.stat(store.path_of(key))
+            except OSError:
+                continue
+            if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
+                return f"{self.accel[vid]}{key.folder}/{key.name}"
+        return None
+
+    def _order(self, c: Chunk) -> list[int]:
+        vids = [vid for vid in self.volumes if c.copies & (1 << vid)]
+        if vids:
+            self._turn += 1
+            t = self._turn % len(vids)
+            vids = vids[t:] + vids[:t]
+        return vids
+
+    async def read(self, f: File, offset: int, length: int) -> AsyncIterator[bytes]:
+        entry, chunks = cast(tuple[Entry, list[Chunk]], f.handle)
+        for c, off, n in chunk_slices(entry.size, chunks, offset, length, PIECE):
+            order = [self.volumes[v] for v in self._order(c)]
+            key = ChunkKey(c.id, c.version)
+            data, _, failed = await read_copy(key, off, n, order)
+            for v, exc in failed:
+                log.warning("origin.volume_failed", volume=v.path, error=str(exc))
+            if data is None:
+                raise Unavailable(f"no readable good copy of chunk {key.name}")
+            yield data
+
+    def ready(self) -> list[str]:
+        problems = []
+        try:
+            self.meta.db.execute("SELECT 1 FROM inode LIMIT 1").fetchone()
+        except Exception as exc:  # any database error: not ready
+            problems.append(f"metadata unreadable: {exc}")
+        for v in self.volumes.values():
+            assert isinstance(v.store, LocalVolume)
+            try:
+                v.store.identity()
+            except ClusterError as exc:
+                problems.append(f"volume {v.path}: {exc}")
+        return problems
+
+
+class DirectorySource:
+    """Files of a plain directory (the legacy ``STATIC``). Symbolic links are followed only
+    when they resolve inside the directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.fsencode(root.resolve())
+
+    def lookup(self, parts: tuple[bytes, ...]) -> File | None:
+        path = os.path.join(self.root, *parts) if parts else self.root
+        real = os.path.realpath(path)
+        if real != self.root and not real.startswith(self.root + b"/"):
+            return None  # a symbolic link out of the directory
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        rel = real[len(self.root) + 1 :]
+        return File(st.st_size, st.st_mtime_ns, LEGACY_LOCATION + quote(rel), real)
+
+    async def read(self, f: File, offset: int, length: int) -> AsyncIterator[bytes]:
+        path = f.handle
+        assert isinstance(path, bytes)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise Unavailable(f"cannot open {os.fsdecode(path)}: {exc}") from None
+        try:
+            end = offset + length
+            while offset < end:
+                n = min(PIECE, end - offset)
+                data = pread_nowait(fd, n, offset)
+                if data is None:
+                    data = await asyncio.to_thread(os.pread, fd, n, offset)
+                if len(data) != n:  # the file shrank under us: the response cannot be whole
+                    raise Unavailable(f"{os.fsdecode(path)} changed while it was being read")
+                yield data
+                offset += n
+        except OSError as exc:
+            raise Unavailable(f"cannot read {os.fsdecode(path)}: {exc}") from None
+        finally:
+            os.close(fd)
+
+    def ready(self) -> list[str]:
+        return [] if os.path.isdir(self.root) else [f"{os.fsdecode(self.root)} is missing"]
