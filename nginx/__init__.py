@@ -1,2 +1,3 @@
-"""tandem nginx: a pure renderer from the tandem config to front nginx configuration. Not
-built yet (issue 5). It imports nothing of tandem's."""
+"""tandem nginx: the front configuration, rendered from ``tandem.toml`` by a pure function
+(``render.py``), checked with the real ``nginx -t`` and installed/reloaded by ``runner.py``.
+``accel.py`` is the X-Accel contract the origin shares with it."""
