@@ -176,6 +176,37 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
         ("[[cluster.volumes]]\npath = 3\n", r"^cluster\.volumes\[0\]\.path: expected a string"),
         ("[log]\nlevel = 'loud'\n", r"^log\.level: expected one of debug, info, warning, error"),
         ("[cluster\n", r"tandem\.toml: not valid TOML"),
+        ("[origin]\nworkers = 0\n", r"^origin\.workers: 0 is out of range 1\.\.64$"),
+        (
+            "[[origin.routes]]\nprefix = 'images/'\n",
+            r"^origin\.routes\[0\]\.prefix: expected a path that starts and ends with '/'",
+        ),
+        (
+            "[[origin.routes]]\nprefix = '/a/'\nroot = '/x/../y/'\n",
+            r"^origin\.routes\[0\]\.root: expected a path",
+        ),
+        (
+            "[[origin.routes]]\nprefix = '/a/'\ncache_control = \"x\\ny\"\n",
+            r"^origin\.routes\[0\]\.cache_control: must be one header value$",
+        ),
+        (
+            "[[origin.routes]]\nprefix = '/a/'\n[[origin.routes]]\nprefix = '/a/'\n",
+            r"^origin\.routes: the same prefix is listed twice$",
+        ),
+        ("[origin]\nwrite_prefixes = '/news/'\n", r"^origin\.write_prefixes: expected an array"),
+        ("[origin]\nwrite_prefixes = [1]\n", r"^origin\.write_prefixes: expected an array of str"),
+        (
+            "[origin]\nwrite_prefixes = ['/news/']\n",
+            r"^origin\.write_token: writes are on \(write_prefixes\), so a bearer token",
+        ),
+        (
+            "[origin]\nwrite_prefixes = ['/news/']\nwrite_token = 'short'\n",
+            r"^origin\.write_token: writes are on",
+        ),
+        ("[nginx]\nuser = 'a b'\n", r"^nginx\.user: expected a user name, got 'a b'$"),
+        ("[nginx]\nfast_path = 1\n", r"^nginx\.fast_path: expected true or false, got 1$"),
+        ("[legacy]\nlisten = 'nope'\n", r"^legacy\.listen: expected HOST:PORT"),
+        ("[cluster]\nview = 'yes'\n", r"^cluster\.view: expected true or false"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -241,3 +272,6 @@ def test_render_round_trips(tmp_path: Path) -> None:
     assert again.cluster == cfg.cluster
     assert again.data_dir == cfg.data_dir
     assert again.log == cfg.log
+    assert again.origin == cfg.origin
+    assert again.legacy == cfg.legacy
+    assert again.nginx == cfg.nginx
