@@ -20,7 +20,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,17 +525,8 @@ class Master:
     async def read_chunks(
         self, entry: Entry, chunks: list[Chunk], offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        end = entry.size if length is None else min(entry.size, offset + length)
-        if offset < 0 or (length is not None and length < 0):
-            raise InvalidArgument(f"bad range: offset {offset}, length {length}")
-        pos = 0
-        for c in chunks:
-            lo, hi = max(offset, pos), min(end, pos + c.size)
-            while lo < hi:
-                n = min(READ_PIECE, hi - lo)
-                yield await self.read_chunk(c, lo - pos, n)
-                lo += n
-            pos += c.size
+        for c, off, n in chunk_slices(entry.size, chunks, offset, length, READ_PIECE):
+            yield await self.read_chunk(c, off, n)
 
     async def read_chunk(self, c: Chunk, offset: int, length: int) -> bytes:
         """Read from any good copy; bad copies found on the way are reported and dropped."""
@@ -545,24 +536,12 @@ class Master:
             self._rotation += 1
             turn = self._rotation % len(order)
             order = order[turn:] + order[:turn]
-        bad: list[Volume] = []
-        for v in order:
-            try:
-                data = None
-                if v.cached is not None:
-                    data = v.cached.read_cached(key, offset, length)
-                    await asyncio.sleep(0)  # stay fair: a cached read never yields by itself
-                if data is None:
-                    data = await v.store.get(key, offset, length)
-            except (ChunkCorrupt, ChunkMissing) as exc:
-                log.error("chunk.bad_copy", volume=v.path, chunk=key.name, error=str(exc))
-                bad.append(v)
-                continue
-            except StoreError as exc:
-                self._volume_failed(v, exc)
-                continue
-            if bad:
-                await self.drop_copies(c, bad)
+        data, bad, failed = await read_copy(key, offset, length, order)
+        for v, exc in failed:
+            self._volume_failed(v, exc)
+        if bad:
+            await self.drop_copies(c, bad)
+        if data is not None:
             return data
         raise NotEnoughCopies(f"no readable good copy of chunk {key.name}")
 
@@ -716,6 +695,50 @@ class Master:
 
     async def changelog_bounds(self) -> tuple[int, int]:
         return await self._db(self.meta.changelog_bounds)
+
+
+def chunk_slices(
+    size: int, chunks: list[Chunk], offset: int, length: int | None, piece: int
+) -> Iterator[tuple[Chunk, int, int]]:
+    """The (chunk, offset in it, length) pieces, at most ``piece`` bytes each, that make up
+    ``[offset, offset+length)`` of a file of ``size`` bytes."""
+    end = size if length is None else min(size, offset + length)
+    if offset < 0 or (length is not None and length < 0):
+        raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+    pos = 0
+    for c in chunks:
+        lo, hi = max(offset, pos), min(end, pos + c.size)
+        while lo < hi:
+            n = min(piece, hi - lo)
+            yield c, lo - pos, n
+            lo += n
+        pos += c.size
+
+
+async def read_copy(
+    key: ChunkKey, offset: int, length: int, order: list[Volume]
+) -> tuple[bytes | None, list[Volume], list[tuple[Volume, StoreError]]]:
+    """Read from the first good copy in ``order``: (bytes or None, copies found bad — logged
+    as ``chunk.bad_copy`` —, volumes that failed). A cached read is tried first, on the loop."""
+    bad: list[Volume] = []
+    failed: list[tuple[Volume, StoreError]] = []
+    for v in order:
+        try:
+            data = None
+            if v.cached is not None:
+                data = v.cached.read_cached(key, offset, length)
+                await asyncio.sleep(0)  # stay fair: a cached read never yields by itself
+            if data is None:
+                data = await v.store.get(key, offset, length)
+        except (ChunkCorrupt, ChunkMissing) as exc:
+            log.error("chunk.bad_copy", volume=v.path, chunk=key.name, error=str(exc))
+            bad.append(v)
+            continue
+        except StoreError as exc:
+            failed.append((v, exc))
+            continue
+        return data, bad, failed
+    return None, bad, failed
 
 
 def _written(w: NewChunk | PendingWrite) -> NewChunk:

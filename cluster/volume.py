@@ -82,13 +82,28 @@ def _fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def pread_nowait(fd: int, n: int, offset: int) -> bytes | None:
+    """``n`` bytes at ``offset`` if they are all in the page cache, else None; never waits
+    for the disk (preadv2 with RWF_NOWAIT). None too where the filesystem has no RWF_NOWAIT
+    (tmpfs: one failed syscall) and at the end of the file: the caller reads on a thread."""
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            raise
+        return None
+    return bytes(buf) if got == n else None
+
+
 class LocalVolume:
     """A ``ChunkStore`` over a local directory."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.name = str(self.root)
-        self._nowait = True  # preadv2(RWF_NOWAIT) works here until the filesystem says no
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -296,20 +311,10 @@ class LocalVolume:
             start = first * crc.BLOCK
             stop = min(size, -(-end // crc.BLOCK) * crc.BLOCK)
             if nowait and stop > start:
-                if not self._nowait:
-                    return None
-                buf = bytearray(stop - start)
-                try:
-                    if os.preadv(fd, [buf], start, os.RWF_NOWAIT) != len(buf):
-                        return None  # partly cached: read it all on a thread
-                except BlockingIOError:
-                    return None
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-                        raise
-                    self._nowait = False  # this filesystem (tmpfs here) has no RWF_NOWAIT
-                    return None
-                data = bytes(buf)
+                cached = pread_nowait(fd, stop - start, start)
+                if cached is None:
+                    return None  # not (all) in memory: ``get`` reads it on a thread
+                data = cached
             else:
                 data = os.pread(fd, stop - start, start) if stop > start else b""
             if len(data) != stop - start:

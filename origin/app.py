@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from sanic import Request, Sanic
+from sanic.http import Http
 from sanic.response import HTTPResponse, json
 
 from origin import health, metrics, mime, semantics, urls
@@ -68,27 +69,34 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
     async def asset(request: Request, anything: str) -> HTTPResponse | None:
         started = time.perf_counter()
         status, sent = 500, 0
+        resp: HTTPResponse | None = None  # an answer returned, that sanic sends after us
         try:
             url_path = urls.decode(request.raw_url)
             if request.method in ("PUT", "DELETE") and writer is not None:
                 resp = await writer.handle(request, url_path)
-                status = resp.status
+                return resp
+            _close_if_body_unread(request)  # the read path never reads a request body
+            if request.method not in ("GET", "HEAD", "POST"):
+                resp = _page(405, request)  # as nginx: before it looks for the file
                 return resp
             found = urls.resolve(ocfg, url_path)
             f = source.lookup(found[1]) if found is not None else None
             if found is None or f is None:
-                status = 404
-                return _page(404, request)
+                resp = _page(404, request)
+                return resp
             status, sent = await _serve(request, found[0].cache_control, found[1][-1], f, source)
             return None
         except Refused as exc:
-            status = exc.status
-            return _page(exc.status, request, str(exc))
+            resp = _page(exc.status, request, str(exc))
+            return resp
         except OriginError as exc:
-            status = exc.status
             log.error("origin.unavailable", path=request.path, error=str(exc))
-            return _page(503, request, str(exc))
+            resp = _page(503, request, str(exc))
+            return resp
         finally:
+            if resp is not None:
+                status, sent = resp.status, len(resp.body or b"")
+                _close_if_body_unread(request)
             elapsed = time.perf_counter() - started
             metrics.observe(status, sent, elapsed)
             log.info("http.request", method=request.method, path=request.path, status=status,
@@ -134,6 +142,16 @@ async def _serve(request: Request, cache_control: str, name: bytes, f: File,
         sent += len(piece)
     await resp.eof()
     return out.status, sent
+
+
+def _close_if_body_unread(request: Request) -> None:
+    """Answer with ``Connection: close`` when the request body was not (all) read: a refused
+    upload, a write cut short, a body sent to the read path. Sanic would read and drop the
+    rest after the response, but only up to REQUEST_MAX_SIZE, and then drop the connection
+    after a response that said keep-alive, so the client's next request on it is reset."""
+    http = request.stream
+    if isinstance(http, Http) and http.request_body:
+        http.keep_alive = False
 
 
 def _page(status: int, request: Request, reason: str = "") -> HTTPResponse:

@@ -36,9 +36,13 @@ def problems(cfg: Config, source: Source) -> list[str]:
         out.append(f"writers are fenced ({cfg.origin.fence_file} exists): a flip is running")
     st = sync_status(cfg)
     if st is not None:
-        lag = float(st.get("lag_seconds", 0.0))
-        if lag > cfg.origin.max_sync_lag:
-            out.append(f"sync lag {lag:.1f} s is over {cfg.origin.max_sync_lag:.1f} s")
+        try:
+            lag = float(st.get("lag_seconds", 0.0))
+        except (TypeError, ValueError):  # a garbled status file is a problem, not a 500
+            out.append(f"sync lag unknown: lag_seconds is {st.get('lag_seconds')!r}")
+        else:
+            if not lag <= cfg.origin.max_sync_lag:  # NaN is over too
+                out.append(f"sync lag {lag:.1f} s is over {cfg.origin.max_sync_lag:.1f} s")
     return out
 
 
