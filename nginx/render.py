@@ -69,8 +69,10 @@ KEEPALIVE_TIMEOUT = "65s"
 KEEPALIVE_REQUESTS = 1000
 
 # In the raw request path (before any "?"): %2F or %5C (an encoded separator would become a
-# path separator after decoding), a raw backslash, or %00.
-HOSTILE_PATH = r"^[^?]*(?:%2[fF]|%5[cC]|%00|\\)"
+# path separator after decoding), a raw backslash, %00, or a dot segment ("." or "..", also
+# percent-encoded). nginx would resolve dot segments itself, but the origin refuses them: every
+# path gives the same answer (400) whether nginx or the origin serves the file.
+HOSTILE_PATH = r"^[^?]*(?:%2[fF]|%5[cC]|%00|\\|/(?:\.|%2[eE]){1,2}(?:/|\?|$))"
 
 LOG_FORMAT = (
     '{"event":"nginx.request","level":"info","time":"$time_iso8601",'

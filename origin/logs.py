@@ -15,9 +15,12 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def configure(level: str = "info", *, role: str = "tandem", to_stderr: bool = False) -> None:
-    def factory(*_: Any) -> structlog.PrintLogger:
+    def factory(*_: Any) -> structlog.WriteLogger:
         # Looked up at every log call: whatever sys.stdout/stderr is *now* (tests swap them).
-        return structlog.PrintLogger(sys.stderr if to_stderr else sys.stdout)
+        # WriteLogger, not PrintLogger: print() writes the line and its newline separately,
+        # so with an unbuffered stdout (PYTHONUNBUFFERED) the pre-forked workers sharing one
+        # pipe interleave them and merge two records into one unparseable line.
+        return structlog.WriteLogger(sys.stderr if to_stderr else sys.stdout)
 
     structlog.configure(
         processors=[

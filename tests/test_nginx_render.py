@@ -180,7 +180,9 @@ def test_a_file_in_one_view_is_served_by_nginx(front: Front) -> None:
     assert r.headers["cache-control"] == "public, max-age=2592000"
     assert r.headers["content-type"] == "image/jpeg"
     assert front.nginx.request("GET", "/images/both.jpg").body == b"vol0 copy"  # volume order
-    assert front.nginx.request("GET", "/images/x/../only2.jpg").status == 200  # normalised
+    for dots in ("/images/x/../only2.jpg", "/images/./only2.jpg", "/images/x/%2E%2e/only2.jpg"):
+        assert front.nginx.request("GET", dots).status == 400  # refused, as by the origin
+    assert front.nginx.request("GET", "/images/only2.jpg?a=/../").status == 200  # query: fine
     assert front.nginx.request("GET", "/images/only2.jpg", If_None_Match=etag(only2)).status == 304
     r = front.nginx.request("GET", "/images/only2.jpg", Range="bytes=5-6")
     assert (r.status, r.body) == (206, b"in")
