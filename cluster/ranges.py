@@ -58,6 +58,21 @@ def _digit(c: str) -> bool:
     return "0" <= c <= "9"
 
 
+def _number(s: str, p: int) -> tuple[int, int] | None:
+    """The decimal number at ``s[p]`` and the position after it; None when there is no digit
+    or it does not fit nginx's off_t (2^63 - 1)."""
+    if not _digit(s[p]):
+        return None
+    n = 0
+    while _digit(s[p]):
+        d = ord(s[p]) - 48
+        if n >= _CUTOFF and (n > _CUTOFF or d > _CUTLIM):
+            return None
+        n = n * 10 + d
+        p += 1
+    return n, p
+
+
 def is_bytes_range(header: str) -> bool:
     """Whether nginx looks at this Range header at all (``bytes=`` and at least 7 chars)."""
     prefix = header[:6]
@@ -81,14 +96,10 @@ def select_range(header: str | None, size: int) -> ByteRange | NoRange:
         while s[p] == " ":
             p += 1
         if s[p] != "-":
-            if not _digit(s[p]):
+            got = _number(s, p)
+            if got is None:
                 return NoRange.UNSATISFIABLE
-            while _digit(s[p]):
-                d = ord(s[p]) - 48
-                if start >= _CUTOFF and (start > _CUTOFF or d > _CUTLIM):
-                    return NoRange.UNSATISFIABLE
-                start = start * 10 + d
-                p += 1
+            start, p = got
             while s[p] == " ":
                 p += 1
             if s[p] != "-":
@@ -102,14 +113,10 @@ def select_range(header: str | None, size: int) -> ByteRange | NoRange:
             suffix = True
             p += 1
         if not open_ended:
-            if not _digit(s[p]):
+            got = _number(s, p)
+            if got is None:
                 return NoRange.UNSATISFIABLE
-            while _digit(s[p]):
-                d = ord(s[p]) - 48
-                if end >= _CUTOFF and (end > _CUTOFF or d > _CUTLIM):
-                    return NoRange.UNSATISFIABLE
-                end = end * 10 + d
-                p += 1
+            end, p = got
             while s[p] == " ":
                 p += 1
             if s[p] not in ",\0":
