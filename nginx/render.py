@@ -220,6 +220,7 @@ def _main(cfg: Config) -> list[str]:
         f"pid {_q(str(paths.pid), 'nginx.run_dir')};",
         f"error_log {_q(str(paths.error_log), 'nginx.run_dir')} warn;",
         f"worker_processes {n.worker_processes or 'auto'};",
+        "pcre_jit on;  # the route locations and the hostile-URI check are regexes",
     ]
     if n.user:
         lines.append(f"user {_q(n.user, 'nginx.user')};")

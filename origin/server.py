@@ -14,7 +14,6 @@ supervisor (``tandem up``) manage the origin like any other child.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -23,6 +22,7 @@ import socket
 import time
 
 import structlog
+import uvloop
 
 from cluster.http_server import bind
 from origin.config import Config
@@ -78,7 +78,7 @@ def _spawn(cfg: Config, sock: socket.socket, role: str, n: int) -> int:
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
-        code = asyncio.run(_worker(cfg, sock, role, n))
+        code = uvloop.run(_worker(cfg, sock, role, n))
     except BaseException as exc:  # a worker must never return into the parent's code
         log.error(f"{role}.worker_failed", worker=n, error=repr(exc))
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from origin.errors import Unavailable
 log = structlog.get_logger("origin")
 
 PIECE = 256 * 1024  # bytes per piece when streaming: the memory a request may hold
+CACHE_TTL = 1.0  # seconds a cached lookup stays valid without a commit
+CACHE_MAX = 65536  # cached lookups per worker (cleared when full)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,26 @@ class ClusterSource:
                 self.volumes[vid] = Volume(vid, path, LocalVolume(Path(path)))
                 self.accel[vid] = volume_location(i)
         self._turn = 0
+        self._cache: dict[tuple[bytes, ...], tuple[float, File | None]] = {}
+        self._version = -1
 
     def lookup(self, parts: tuple[bytes, ...]) -> File | None:
+        """The file at ``parts``. Answers are cached per worker until the next commit (any
+        change to the metadata, ``PRAGMA data_version``) and for at most ``CACHE_TTL``
+        (a volume can vanish without a commit)."""
+        (version,) = self.meta.db.execute("PRAGMA data_version").fetchone()
+        if version != self._version or len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+            self._version = version
+        now = time.monotonic()
+        hit = self._cache.get(parts)
+        if hit is not None and now - hit[0] < CACHE_TTL:
+            return hit[1]
+        f = self._lookup(parts)
+        self._cache[parts] = (now, f)
+        return f
+
+    def _lookup(self, parts: tuple[bytes, ...]) -> File | None:
         meta = self.meta
         meta.db.execute("BEGIN")
         try:
