@@ -30,6 +30,7 @@ from tenacity import (
     wait_random,
 )
 
+from cluster.crc import BLOCK
 from cluster.errors import ChunkCorrupt, ChunkMissing, ClusterError, NotFound, StoreError
 from cluster.meta import Chunk
 from cluster.store import ChunkKey
@@ -219,7 +220,9 @@ async def scrub_chunk(m: Master, c: Chunk) -> None:
         except StoreError as exc:
             m._volume_failed(v, exc)
         _bump(m, "scrubbed_bytes", c.size)
-        pause = c.size / m.cfg.scrub_rate - (time.monotonic() - t0)
+        # Each copy counts as at least one CRC block: a copy's fixed cost (a thread hop, an
+        # open, a pause) outweighs its bytes when chunks are small files of a few KiB.
+        pause = max(c.size, BLOCK) / m.cfg.scrub_rate - (time.monotonic() - t0)
         if pause > 0:
             await asyncio.sleep(pause)
     if bad:
