@@ -40,7 +40,6 @@ log = structlog.get_logger("origin")
 PIECE = 256 * 1024  # bytes per piece when streaming: the memory a request may hold
 CACHE_TTL = 1.0  # seconds a cached lookup stays valid without a commit
 CACHE_MAX = 65536  # cached lookups per worker (cleared when full)
-VERSION_CHECK = 0.05  # seconds between looks for a commit: how stale a cached answer may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +76,16 @@ class ClusterSource:
         self._turn = 0
         self._cache: dict[tuple[bytes, ...], tuple[float, File | None]] = {}
         self._version = -1
-        self._checked = -VERSION_CHECK
 
     def lookup(self, parts: tuple[bytes, ...]) -> File | None:
-        """The file at ``parts``. Answers are cached per worker until a commit (any change to
-        the metadata, ``PRAGMA data_version``, looked at every ``VERSION_CHECK`` seconds: the
-        query costs more than the rest of a cached lookup) and for at most ``CACHE_TTL``
+        """The file at ``parts``. Answers are cached per worker until the next commit (any
+        change to the metadata, ``PRAGMA data_version``) and for at most ``CACHE_TTL``
         (a volume can vanish without a commit)."""
+        (version,) = self.meta.db.execute("PRAGMA data_version").fetchone()
+        if version != self._version or len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+            self._version = version
         now = time.monotonic()
-        if now - self._checked >= VERSION_CHECK or len(self._cache) >= CACHE_MAX:
-            (version,) = self.meta.db.execute("PRAGMA data_version").fetchone()
-            if version != self._version or len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-                self._version = version
-            self._checked = now
         hit = self._cache.get(parts)
         if hit is not None and now - hit[0] < CACHE_TTL:
             return hit[1]
