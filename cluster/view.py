@@ -96,7 +96,9 @@ class View:
     def meta(self) -> Meta:
         if self._meta is None:
             conn = schema.connect(self.m.cfg.meta_dir / "meta.db", readonly=True)
-            self._meta = Meta(conn, self.m.cfg.default_goal, self.m.cfg.default_trash_time)
+            self._meta = Meta(
+                conn, self.m.cfg.default_goal, self.m.cfg.default_trash_time, dir_cache=True
+            )
         return self._meta
 
     def _volumes(self) -> list[tuple[int, bytes]]:
@@ -114,10 +116,13 @@ class View:
 
     def _apply_next(self) -> int:
         changes = self.meta.changes(self.applied, PAGE)
-        for c in changes:
-            for path in touched(c):
-                self.sync(path)
-            self.applied = c.seq
+        # In order, each path once (its last state is what counts): a burst of puts to the
+        # same file costs one sync.
+        paths = dict.fromkeys(p for c in changes for p in touched(c))
+        for path in paths:
+            self.sync(path)
+        if changes:
+            self.applied = changes[-1].seq
         return len(changes)
 
     def sync(self, path: bytes) -> None:
@@ -168,8 +173,9 @@ class View:
         for rel in have:
             if rel not in mine:
                 _remove(top + rel)
+        base = os.fsencode(store.name)
         for rel, key in mine.items():
-            src = os.fsencode(store.path_of(key))
+            src = b"%s/%s/%s" % (base, key.folder.encode(), key.name.encode())
             try:
                 st = os.stat(src)
             except FileNotFoundError:
@@ -246,9 +252,19 @@ def _remove(path: bytes) -> None:
 
 def _link(src: bytes, dst: bytes) -> None:
     """Put a hard link to ``src`` at ``dst`` atomically, making room for it: a directory
-    where the file goes is removed, a file where a parent directory goes is removed."""
+    where the file goes is removed, a file where a parent directory goes is removed.
+    A new name is linked in place (one syscall); an existing one is replaced by rename."""
     parent = os.path.dirname(dst)
-    _make_dirs(parent)
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        pass
+    except (FileNotFoundError, NotADirectoryError):
+        _make_dirs(parent)
+        with contextlib.suppress(FileExistsError):
+            os.link(src, dst)
+            return
     tmp = os.path.join(parent, TMP.encode() + os.urandom(6).hex().encode())
     os.link(src, tmp)
     try:
