@@ -1,3 +1,3 @@
 """tandem syncer: the event-driven mirror between the cluster and the legacy directory, and
-the direction flip. Not built yet (issue 4); the package exists so the layout is in place.
-It may import ``cluster``; nothing below it imports it."""
+the direction flip (issue 4). Built so far: ``target.py``, the atomic directory target every
+direction writes through. It may import ``cluster``; nothing below it imports it."""
