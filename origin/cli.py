@@ -21,6 +21,7 @@ from cluster.errors import ClusterError
 from nginx import cli as nginx_cli
 from origin import config as config_mod
 from origin import logs
+from syncer import cli as sync_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["check", "show"])
     cluster_cli.add_parser(sub)
     nginx_cli.add_parser(sub)
+    sync_cli.add_parser(sub)
     o = sub.add_parser("origin", help="serve asset URLs from the cluster (or --legacy directory)")
     o.add_argument("--legacy", action="store_true",
                    help="serve the legacy directory (legacy.dir) on legacy.listen instead")
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     server = args.command in ("up", "origin") or (
         args.command == "cluster" and args.cmd == "serve"
-    )
+    ) or (args.command == "sync" and args.action == "run")
     logs.configure(cfg.log.level if server else "warning", role=args.command,
                    to_stderr=not server)
     try:
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             from origin.server import run
 
             return run(cfg, legacy=args.legacy, listen=args.listen, workers=args.workers)
+        if args.command == "sync":
+            return sync_cli.run(args, cfg)
         if args.command == "nginx":
             return nginx_cli.run(args, cfg)
         return asyncio.run(cluster_cli.run(args, cfg.cluster))

@@ -14,6 +14,7 @@ from pathlib import Path
 from cluster.config import ClusterConfig, ConfigError, Table, load_cluster
 from nginx.config import NginxConfig, load_nginx
 from origin.settings import LegacyConfig, OriginConfig, load_legacy, load_origin
+from syncer.config import SyncConfig, load_sync
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -32,6 +33,7 @@ class Config:
     origin: OriginConfig
     legacy: LegacyConfig
     nginx: NginxConfig
+    sync: SyncConfig
 
 
 def load(path: Path | None, *, required: bool = False) -> Config:
@@ -64,6 +66,7 @@ def load(path: Path | None, *, required: bool = False) -> Config:
         origin=load_origin(root.table("origin"), data_dir),
         legacy=load_legacy(root.table("legacy"), data_dir),
         nginx=load_nginx(root.table("nginx"), data_dir),
+        sync=load_sync(root.table("sync"), data_dir),
     )
     root.done()
     return cfg
@@ -129,6 +132,10 @@ def render(cfg: Config) -> str:
         f"user = {_q(n.user)}",
         f"worker_processes = {n.worker_processes}",
         f"fast_path = {'true' if n.fast_path else 'false'}",
+        "",
+        "[sync]",
+        f'state_dir = "{cfg.sync.state_dir}"',
+        f"deletes = {_q(cfg.sync.deletes)}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -12,19 +12,15 @@ import html
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from origin.config import Config
 from origin.sources import Source
 
-#: the syncer's status file, relative to the data folder (issue 4 writes it)
-SYNC_STATUS = Path("sync") / "status.json"
-
 
 def sync_status(cfg: Config) -> dict[str, Any] | None:
     try:
-        data = json.loads((cfg.data_dir / SYNC_STATUS).read_text())
+        data = json.loads((cfg.sync.state_dir / "status.json").read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -207,6 +207,7 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
         ("[nginx]\nfast_path = 1\n", r"^nginx\.fast_path: expected true or false, got 1$"),
         ("[legacy]\nlisten = 'nope'\n", r"^legacy\.listen: expected HOST:PORT"),
         ("[cluster]\nview = 'yes'\n", r"^cluster\.view: expected true or false"),
+        ("[sync]\ndeletes = 'rm'\n", r"^sync\.deletes: expected one of delete, trash, keep"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -275,3 +276,4 @@ def test_render_round_trips(tmp_path: Path) -> None:
     assert again.origin == cfg.origin
     assert again.legacy == cfg.legacy
     assert again.nginx == cfg.nginx
+    assert again.sync == cfg.sync

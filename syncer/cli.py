@@ -1,0 +1,50 @@
+"""``tandem sync run|status``: the mirror daemon (cluster → legacy directory for now) and its
+status file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from typing import TYPE_CHECKING, Any, cast
+
+from cluster.cli import master_url
+from cluster.remote import RemoteCluster
+from syncer.cluster_mirror import ClusterMirror
+from syncer.target import DeletePolicy, DirectoryTarget
+
+if TYPE_CHECKING:  # the composed config; the syncer needs only its own and these sections
+    from origin.config import Config
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("sync", help="mirror the cluster into the legacy directory")
+    p.add_argument("action", choices=["run", "status"])
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action == "status":
+        try:
+            print(json.dumps(json.loads((cfg.sync.state_dir / "status.json").read_text()),
+                             indent=2))
+        except (OSError, ValueError) as exc:
+            print(f"tandem: no sync status yet ({exc})", file=sys.stderr)
+            return 1
+        return 0
+    return asyncio.run(_daemon(cfg))
+
+
+async def _daemon(cfg: Config) -> int:
+    target = DirectoryTarget(cfg.legacy.dir, deletes=cast(DeletePolicy, cfg.sync.deletes))
+    async with RemoteCluster(master_url(cfg.cluster)) as master:
+        mirror = ClusterMirror(master, cfg.cluster.meta_dir, target, cfg.sync.state_dir)
+        task = asyncio.create_task(mirror.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return 0

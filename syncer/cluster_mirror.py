@@ -1,0 +1,237 @@
+"""Cluster → directory: the legacy directory kept an exact mirror of the cluster, driven by the
+cluster's change feed from a persisted cursor (so it sees every writer, and a restart
+continues where it stopped instead of copying everything again).
+
+Each change names the paths it touched; the mirror re-reads their current state from the
+master and makes the target match (a put copies the file, with its mtime and mode; a rm
+deletes per policy; a mv renames on the target; a snapshot copies the new tree). Applying a
+change twice is harmless, so the cursor is saved after the target is flushed: a crash
+re-applies at most the changes since the last save. A cursor behind the changelog's
+retention, or no cursor at all, means a full pass first.
+
+Bytes stream from the master in pieces into the target's atomic writer on a thread; memory
+per file is bounded by a small queue of pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cluster.changelog import ChangeFeed
+from cluster.errors import ChangelogTrimmed, ClusterError, NotFound
+from cluster.meta import Change, Entry
+from cluster.remote import RemoteCluster
+from syncer.errors import SyncError
+from syncer.target import DirectoryTarget
+
+log = structlog.get_logger("syncer")
+
+STATUS_EVERY = 0.5  # seconds between status file writes while busy
+_END = object()
+
+
+class ClusterMirror:
+    def __init__(self, master: RemoteCluster, meta_dir: Path, target: DirectoryTarget,
+                 state_dir: Path) -> None:
+        self.master = master
+        self.feed = ChangeFeed(meta_dir)
+        self.target = target
+        self.state_dir = state_dir
+        self.cursor_file = state_dir / "cursor"
+        self.status_file = state_dir / "status.json"
+        self.counters = {"files_copied": 0, "deleted": 0, "renamed": 0, "changes": 0,
+                         "full_passes": 0, "errors": 0}
+        self.last_error = ""
+        self.oldest_pending_ms: int | None = None
+        self._status_at = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cursor = self._load_cursor()
+        while True:
+            try:
+                if cursor is None:
+                    cursor = await self.full()
+                await self._follow(cursor)
+            except ChangelogTrimmed:
+                log.warning("sync.behind_retention", cursor=cursor)
+                cursor = None
+
+    async def _follow(self, cursor: int) -> None:
+        async for change in self.feed.follow(cursor):
+            self.oldest_pending_ms = change.ts_ms
+            await self._retrying(self.apply, change)
+            self.counters["changes"] += 1
+            await asyncio.to_thread(self.target.flush)
+            self._save_cursor(change.seq)
+            self.oldest_pending_ms = None
+            self._status(force=False, cursor=change.seq)
+
+    async def _retrying(self, fn: Any, *args: Any) -> None:
+        """Retry a change while the target or the master fails; never drop it."""
+        delay = 0.1
+        while True:
+            try:
+                await fn(*args)
+                return
+            except (SyncError, ClusterError) as exc:
+                self.counters["errors"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("sync.retry", error=self.last_error, delay=delay)
+                self._status(force=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- applying changes -------------------------------------------------------------------
+
+    async def apply(self, c: Change) -> None:
+        if c.op in ("put", "undelete"):
+            await self.copy_tree(c.path)
+        elif c.op == "rm":
+            if await asyncio.to_thread(self.target.delete, _rel(c.path)):
+                self.counters["deleted"] += 1
+        elif c.op == "mv" and c.dest is not None:
+            moved = await asyncio.to_thread(self.target.rename, _rel(c.path), _rel(c.dest))
+            if moved:
+                self.counters["renamed"] += 1
+            await self.copy_tree(c.dest, only_changed=moved)
+        elif c.op == "snapshot" and c.dest is not None:
+            await self.copy_tree(c.dest)
+
+    async def copy_tree(self, path: bytes, *, only_changed: bool = False) -> None:
+        """Copy every file under ``path`` (a file: itself) that the target lacks or has with
+        another size or mtime (always, unless ``only_changed``: a put must be copied even if
+        size and mtime happen to match)."""
+        try:
+            entries = await self.master.walk(path)
+        except NotFound:
+            return  # gone again since: a later change says what to do
+        for e in entries:
+            if e.is_dir:
+                continue
+            if only_changed and self._same(e):
+                continue
+            await self.copy_file(e)
+
+    async def _copy_changed(self, path: bytes) -> None:
+        await self.copy_tree(path, only_changed=True)
+
+    def _same(self, e: Entry) -> bool:
+        try:
+            st = os.stat(self.target.path(_rel(e.path)))
+        except OSError:
+            return False
+        return st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
+
+    async def copy_file(self, e: Entry) -> None:
+        pieces: queue.Queue[object] = queue.Queue(maxsize=4)
+
+        def write() -> int:
+            return self.target.write(_rel(e.path), _drain(pieces), mtime_ns=e.mtime_ns,
+                                     mode=e.mode)
+
+        writer = asyncio.create_task(asyncio.to_thread(write))
+        try:
+            async for piece in self.master.read(e.path):
+                while True:
+                    try:
+                        pieces.put_nowait(piece)
+                        break
+                    except queue.Full:
+                        if writer.done():
+                            break
+                        await asyncio.sleep(0.001)
+            await asyncio.to_thread(pieces.put, _END)
+        except BaseException:
+            await asyncio.to_thread(pieces.put, _ABORT)
+            await asyncio.gather(writer, return_exceptions=True)
+            raise
+        await writer
+        self.counters["files_copied"] += 1
+
+    # -- the full pass ----------------------------------------------------------------------
+
+    async def full(self) -> int:
+        """Copy what differs (size or mtime) for every file; returns the changelog position
+        the pass started from (later changes are then applied from the feed)."""
+        _, start = self.feed.bounds()
+        log.info("sync.full_started", cursor=start)
+        await self._retrying(self._copy_changed, b"/")
+        await asyncio.to_thread(self.target.flush)
+        self._save_cursor(start)
+        self.counters["full_passes"] += 1
+        log.info("sync.full_done", cursor=start, copied=self.counters["files_copied"])
+        self._status(force=True, cursor=start)
+        return start
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _load_cursor(self) -> int | None:
+        try:
+            return int(self.cursor_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _save_cursor(self, seq: int) -> None:
+        _atomic_write(self.cursor_file, f"{seq}\n".encode())
+
+    def lag_seconds(self) -> float:
+        if self.oldest_pending_ms is None:
+            return 0.0
+        return max(0.0, time.time() - self.oldest_pending_ms / 1000)
+
+    def _status(self, *, force: bool, cursor: int | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_at < STATUS_EVERY:
+            return
+        self._status_at = now
+        body = {
+            "direction": "cluster->legacy",
+            "target": os.fsdecode(self.target.root),
+            "cursor": cursor if cursor is not None else self._load_cursor(),
+            "lag_seconds": round(self.lag_seconds(), 3),
+            "last_error": self.last_error,
+            "counters": self.counters,
+            "updated": time.time(),
+            "pid": os.getpid(),
+        }
+        _atomic_write(self.status_file, json.dumps(body).encode())
+
+
+_ABORT = object()
+
+
+def _drain(pieces: queue.Queue[object]) -> Iterator[bytes]:
+    while True:
+        item = pieces.get()
+        if item is _END:
+            return
+        if item is _ABORT:
+            raise SyncError("the copy was interrupted")
+        assert isinstance(item, bytes)
+        yield item
+
+
+def _rel(path: bytes) -> bytes:
+    return path.lstrip(b"/")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
