@@ -15,6 +15,7 @@ from cluster.cli import master_url
 from cluster.remote import RemoteCluster
 from syncer.cluster_mirror import ClusterMirror
 from syncer.target import DeletePolicy, DirectoryTarget
+from syncer.verify import verify
 
 if TYPE_CHECKING:  # the composed config; the syncer needs only its own and these sections
     from origin.config import Config
@@ -22,7 +23,8 @@ if TYPE_CHECKING:  # the composed config; the syncer needs only its own and thes
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("sync", help="mirror the cluster into the legacy directory")
-    p.add_argument("action", choices=["run", "status"])
+    p.add_argument("action", choices=["run", "status", "verify"],
+                   help="run the mirror, show its status, or verify both sides by content")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -34,7 +36,18 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             print(f"tandem: no sync status yet ({exc})", file=sys.stderr)
             return 1
         return 0
+    if args.action == "verify":
+        return asyncio.run(_verify(cfg))
     return asyncio.run(_daemon(cfg))
+
+
+async def _verify(cfg: Config) -> int:
+    async with RemoteCluster(master_url(cfg.cluster)) as master:
+        diffs = await verify(master, cfg.legacy.dir)
+    for d in diffs:
+        print(d)
+    print(f"{len(diffs)} difference(s) between the cluster and {cfg.legacy.dir}")
+    return 1 if diffs else 0
 
 
 async def _daemon(cfg: Config) -> int:
