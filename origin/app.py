@@ -22,6 +22,7 @@ from sanic import Request, Sanic
 from sanic.http import Http
 from sanic.response import HTTPResponse, json
 
+from nginx.accel import ACCEL_HEADER
 from origin import health, metrics, mime, semantics, urls
 from origin.config import Config
 from origin.errors import OriginError, Refused
@@ -31,7 +32,6 @@ from origin.writes import Writer
 log = structlog.get_logger("origin")
 
 METHODS = ["GET", "HEAD", "PUT", "DELETE", "POST", "OPTIONS", "PATCH"]
-ACCEL_HEADER = "x-tandem-accel"
 
 
 def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[Any, Any]:

@@ -20,11 +20,12 @@ import json
 import os
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from cluster.changelog import ChangeFeed
 from cluster.errors import ChangelogTrimmed, ClusterError, NotFound
@@ -78,20 +79,22 @@ class ClusterMirror:
             self.oldest_pending_ms = None
             self._status(force=False, cursor=change.seq)
 
-    async def _retrying(self, fn: Any, *args: Any) -> None:
+    async def _retrying(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Retry a change while the target or the master fails; never drop it."""
-        delay = 0.1
-        while True:
-            try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((SyncError, ClusterError)),
+            wait=wait_exponential(multiplier=0.1, max=5.0),
+            before_sleep=self._failed,
+        ):
+            with attempt:
                 await fn(*args)
-                return
-            except (SyncError, ClusterError) as exc:
-                self.counters["errors"] += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("sync.retry", error=self.last_error, delay=delay)
-                self._status(force=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+    def _failed(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        self.counters["errors"] += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.warning("sync.retry", error=self.last_error, attempt=state.attempt_number)
+        self._status(force=True)
 
     # -- applying changes -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from procs import Proc, start_master, write_config
+from test_master import tmpfs
 
 from cluster.remote import RemoteCluster
 
@@ -146,3 +147,36 @@ async def test_verify_compares_content(site: tuple[Path, str, Path]) -> None:
     assert code == 1, out
     assert "content  /images/a.jpg" in out and "extra    /stray.txt" in out, out
     assert "2 difference(s)" in out, out
+
+
+def remount(path: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True, timeout=10)
+
+
+async def test_a_failing_target_loses_nothing(tmp_path: Path) -> None:
+    """The legacy directory turns read-only mid-stream: changes are retried (the status file
+    shows the error), none is dropped, and the mirror converges once it is writable again."""
+    legacy = tmp_path / "var" / "legacy"
+    legacy.mkdir(parents=True)
+    with tmpfs(legacy, "16m"):
+        config = write_config(tmp_path)
+        master, url = start_master(config)
+        syncer = start_syncer(config)
+        try:
+            async with RemoteCluster(url) as c:
+                syncer.wait_event("sync.full_done")
+                await c.put("/news/before.html", b"before")
+                await converge(c, legacy)
+                remount(legacy, "ro")
+                try:
+                    for i in range(5):
+                        await c.put(f"/news/during-{i}.html", f"during {i}".encode())
+                    syncer.wait_event("sync.retry")
+                    status = json.loads((tmp_path / "var/sync/status.json").read_text())
+                    assert "read-only" in status["last_error"], status
+                finally:
+                    remount(legacy, "rw")
+                await converge(c, legacy, within=15.0)
+        finally:
+            syncer.stop()
+            master.stop()
