@@ -27,7 +27,7 @@ from origin import health, metrics, mime, semantics, urls
 from origin.config import Config
 from origin.errors import OriginError, Refused
 from origin.sources import File, Source
-from origin.writes import Writer
+from origin.writes import DISCARD_MAX, Writer
 
 log = structlog.get_logger("origin")
 
@@ -40,7 +40,8 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
     # worker process holds exactly one app. It halves sanic's CPU per request.
     app.config.TOUCHUP = True
     app.config.KEEP_ALIVE_TIMEOUT = 75  # nginx keeps upstream connections open
-    app.config.REQUEST_MAX_SIZE = max(cfg.origin.max_upload, 1 << 20)
+    # Room to read and drop a refused body (writes.DISCARD_MAX) beyond the upload limit.
+    app.config.REQUEST_MAX_SIZE = max(cfg.origin.max_upload, 1 << 20) + DISCARD_MAX
     app.config.REQUEST_MAX_HEADER_SIZE = urls.MAX_URI
     app.config.REQUEST_TIMEOUT = 10  # a slow client holds only its own connection
     app.config.RESPONSE_TIMEOUT = 3600

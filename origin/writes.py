@@ -12,6 +12,8 @@ Answers: 201 (created or replaced, with the new ETag), 204 (deleted), 401 (no or
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 from collections.abc import AsyncIterator
 
@@ -27,6 +29,9 @@ from origin import semantics, urls
 from origin.config import Config
 
 log = structlog.get_logger("origin")
+
+DISCARD_MAX = 64 << 20  # bytes of a refused body read and dropped before answering
+DISCARD_SECONDS = 5.0
 
 
 class TooLarge(Exception):
@@ -56,6 +61,7 @@ class Writer:
         limit = self.cfg.origin.max_upload
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _discard(request)
             return _too_large(limit)
         try:
             async with RemoteCluster(master_url(self.cfg.cluster)) as master:
@@ -65,6 +71,7 @@ class Writer:
                     return HTTPResponse(status=204)
                 entry = await master.put(path, _body(request, limit))
         except TooLarge:
+            await _discard(request)
             return _too_large(limit)
         except NotFound as exc:
             return json({"error": "not_found", "message": str(exc)}, status=404)
@@ -87,6 +94,21 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
         if seen > limit:
             raise TooLarge
         yield bytes(piece)
+
+
+async def _discard(request: Request) -> None:
+    """Read and drop the rest of a refused body (at most ``DISCARD_MAX`` bytes, for at most
+    ``DISCARD_SECONDS``), as nginx's lingering close does: closing with unread bytes makes the
+    kernel reset the connection, and the client may lose the 413 before it reads it."""
+    assert request.stream is not None
+    seen = 0
+    with contextlib.suppress(Exception):  # sanic's own size limit, a client gone: stop
+        async with asyncio.timeout(DISCARD_SECONDS):
+            while seen < DISCARD_MAX:
+                piece = await request.stream.read()  # type: ignore[attr-defined]
+                if piece is None:
+                    return
+                seen += len(piece)
 
 
 def _too_large(limit: int) -> HTTPResponse:
