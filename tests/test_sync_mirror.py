@@ -24,11 +24,20 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def tree(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Relative path → (content, mtime ns) of every regular file under ``root``."""
+    """Relative path → (content, mtime ns) of every regular file under ``root``. The syncer
+    may be renaming folders meanwhile: what vanishes during the walk is simply not there
+    (``converge`` looks again)."""
     out = {}
-    for p in root.rglob("*"):
-        if p.is_file() and not p.name.startswith("."):
-            out[str(p.relative_to(root))] = (p.read_bytes(), p.stat().st_mtime_ns)
+    for folder, _, names in os.walk(root):  # os.walk skips folders that vanish
+        for name in names:
+            p = Path(folder) / name
+            if name.startswith("."):
+                continue
+            try:
+                if p.is_file():
+                    out[str(p.relative_to(root))] = (p.read_bytes(), p.stat().st_mtime_ns)
+            except FileNotFoundError:
+                continue
     return out
 
 
