@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from cluster.cli import master_url
 from cluster.remote import RemoteCluster
-from syncer.cluster_mirror import ClusterMirror
-from syncer.target import DeletePolicy, DirectoryTarget
+from syncer import daemon
 from syncer.verify import verify
 
 if TYPE_CHECKING:  # the composed config; the syncer needs only its own and these sections
@@ -38,7 +35,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     if args.action == "verify":
         return asyncio.run(_verify(cfg))
-    return asyncio.run(_daemon(cfg))
+    return asyncio.run(daemon.run(cfg))
 
 
 async def _verify(cfg: Config) -> int:
@@ -48,16 +45,3 @@ async def _verify(cfg: Config) -> int:
         print(d)
     print(f"{len(diffs)} difference(s) between the cluster and {cfg.legacy.dir}")
     return 1 if diffs else 0
-
-
-async def _daemon(cfg: Config) -> int:
-    target = DirectoryTarget(cfg.legacy.dir, deletes=cast(DeletePolicy, cfg.sync.deletes))
-    async with RemoteCluster(master_url(cfg.cluster)) as master:
-        mirror = ClusterMirror(master, cfg.cluster.meta_dir, target, cfg.sync.state_dir)
-        task = asyncio.create_task(mirror.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return 0
