@@ -74,6 +74,16 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _libc_syncfs = _find_syncfs()
 
 
+def syncfs(fd: int) -> None:
+    """Make everything written to the filesystem holding ``fd`` durable (syncfs(2); the
+    whole-system ``sync`` where the C library has none). Raises ``OSError``."""
+    if _libc_syncfs is None:
+        os.sync()
+    elif _libc_syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -173,11 +183,7 @@ class LocalVolume:
         filesystem instead of an fsync per file and folder."""
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _libc_syncfs is None:
-                os.sync()
-            elif _libc_syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise map_os_error(OSError(err, os.strerror(err)), f"{self.root}: syncfs")
+            syncfs(fd)
         except OSError as exc:
             raise map_os_error(exc, f"{self.root}: syncfs") from None
         finally:

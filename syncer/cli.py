@@ -1,47 +1,137 @@
-"""``tandem sync run|status``: the mirror daemon (cluster → legacy directory for now) and its
-status file."""
+"""``tandem sync run|full|status|verify``.
+
+    tandem sync run                      the site's mirror daemon (follows the primary: see
+                                         syncer/daemon.py)
+    tandem sync run --from DIR --to DIR  a directory mirrored into another, until stopped
+    tandem sync full [--from DIR --to DIR] [--checksum] [--delete]
+                                         one full pass with a progress bar, then exit
+    tandem sync status [--state-dir DIR] the status file, pretty-printed
+    tandem sync verify                   both sides compared by content hash; exit 0 / 1
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import json
+import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from tqdm import tqdm
 
 from cluster.cli import master_url
 from cluster.remote import RemoteCluster
 from syncer import daemon
-from syncer.verify import verify
+from syncer.dir_mirror import DirectoryMirror
+from syncer.status import read_status
+from syncer.target import DeletePolicy, DirectoryTarget, DirectoryTargetAsync
+from syncer.tree import Target
+from syncer.verify import verify, verify_dirs
 
 if TYPE_CHECKING:  # the composed config; the syncer needs only its own and these sections
     from origin.config import Config
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("sync", help="mirror the cluster into the legacy directory")
-    p.add_argument("action", choices=["run", "status", "verify"],
-                   help="run the mirror, show its status, or verify both sides by content")
+    p = sub.add_parser("sync", help="mirror the cluster and the legacy directory")
+    p.add_argument("action", choices=["run", "full", "status", "verify"],
+                   help="run the mirror, one full pass, show its status, or verify both "
+                        "sides by content")
+    p.add_argument("--from", dest="source", type=Path, metavar="DIR",
+                   help="a source folder (with --to: directory → directory)")
+    p.add_argument("--to", dest="target", type=Path, metavar="DIR", help="the target folder")
+    p.add_argument("--state-dir", type=Path,
+                   help="status (and cursor) folder (default: sync.state_dir, or a folder "
+                        "under it per --from/--to pair)")
+    p.add_argument("--checksum", action="store_true",
+                   help="full: compare files that look equal by content too")
+    p.add_argument("--delete", action="store_true",
+                   help="full: delete what the target has and the source has not")
+    p.add_argument("--concurrency", type=int, default=8, help="copies at once (default 8)")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    if (args.source is None) != (args.target is None):
+        print("tandem: sync: give both --from and --to, or neither", file=sys.stderr)
+        return 2
+    state_dir = args.state_dir or _state_dir(args, cfg)
     if args.action == "status":
         try:
-            print(json.dumps(json.loads((cfg.sync.state_dir / "status.json").read_text()),
-                             indent=2))
+            print(json.dumps(read_status(state_dir), indent=2))
         except (OSError, ValueError) as exc:
             print(f"tandem: no sync status yet ({exc})", file=sys.stderr)
             return 1
         return 0
     if args.action == "verify":
-        return asyncio.run(_verify(cfg))
-    return asyncio.run(daemon.run(cfg))
+        return asyncio.run(_verify(args, cfg))
+    if args.source is None:
+        if args.action == "full":
+            print("tandem: sync full needs --from and --to for now", file=sys.stderr)
+            return 2
+        return asyncio.run(daemon.run(cfg))
+    for folder in (args.source, args.target):
+        if not folder.is_dir():
+            print(f"tandem: {folder} is not a folder (a missing target is never created: it "
+                  "may be a disk that is not mounted)", file=sys.stderr)
+            return 1
+    deletes = cast(DeletePolicy, cfg.sync.deletes)
+    target = DirectoryTargetAsync(DirectoryTarget(args.target, deletes=deletes))
+    if args.action == "full":
+        return asyncio.run(_full(args, target, state_dir))
+    mirror = DirectoryMirror(args.source, target, state_dir, concurrency=args.concurrency,
+                             deletes=cfg.sync.deletes != "keep")
+    return asyncio.run(_until_signal(mirror.run()))
 
 
-async def _verify(cfg: Config) -> int:
-    async with RemoteCluster(master_url(cfg.cluster)) as master:
-        diffs = await verify(master, cfg.legacy.dir)
+def _state_dir(args: argparse.Namespace, cfg: Config) -> Path:
+    if args.source is None:
+        return cfg.sync.state_dir
+    pair = f"{args.source.resolve()}\0{args.target.resolve()}".encode()
+    return cfg.sync.state_dir / f"dirs-{hashlib.sha256(pair).hexdigest()[:12]}"
+
+
+async def _until_signal(work: Any) -> int:
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return 0
+
+
+async def _full(args: argparse.Namespace, target: Target, state_dir: Path) -> int:
+    mirror = DirectoryMirror(args.source, target, state_dir, concurrency=args.concurrency,
+                             deletes=args.delete, checksum=args.checksum)
+    with tqdm(unit="B", unit_scale=True, disable=None, file=sys.stderr,
+              desc="sync full") as bar:
+        def progress(n: int) -> None:
+            if bar.total != mirror.planned_bytes:
+                bar.total = mirror.planned_bytes
+            bar.update(n)
+
+        mirror.progress = progress
+        counters = await mirror.full()
+    c = counters
+    print(f"{c['files_copied']} file(s) copied ({c['bytes_copied']} bytes), {c['deleted']} "
+          f"deleted, {c['links']} link(s), {c['skipped']} skipped, {c['errors']} error(s): "
+          f"{args.source} → {args.target}")
+    return 0
+
+
+async def _verify(args: argparse.Namespace, cfg: Config) -> int:
+    if args.source is not None:
+        diffs = await verify_dirs(args.source, args.target)
+        sides = f"{args.source} and {args.target}"
+    else:
+        async with RemoteCluster(master_url(cfg.cluster)) as master:
+            diffs = await verify(master, cfg.legacy.dir)
+        sides = f"the cluster and {cfg.legacy.dir}"
     for d in diffs:
         print(d)
-    print(f"{len(diffs)} difference(s) between the cluster and {cfg.legacy.dir}")
+    print(f"{len(diffs)} difference(s) between {sides}")
     return 1 if diffs else 0

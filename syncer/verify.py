@@ -1,69 +1,97 @@
-"""``tandem sync verify``: prove the cluster and the legacy directory hold the same files, by
-content hash (the SHA-256 the cluster keeps for every file, computed here over the legacy
-copy), and name every difference: missing, extra, content, mtime, mode."""
+"""``tandem sync verify``: prove two sides hold the same files, by content hash, and name every
+difference: missing, extra, type, content, mtime, mode, link.
+
+A side is its entries (``tree.Item`` by relative path) and a way to get a file's SHA-256: the
+cluster keeps one for every file in its metadata; a directory's files are read and hashed.
+Folders are not compared (only what is in them); the directory target's trash folder and
+temporary names are left out.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.remote import RemoteCluster
-from syncer.target import TMP
+from syncer.target import TMP, TRASH
+from syncer.tree import Item, sha256_file, walk
+
+Digest = Callable[[bytes], Awaitable[bytes | None]]
 
 
 @dataclass(frozen=True)
 class Difference:
     path: bytes
-    kind: str  # missing | extra | content | mtime | mode | type
+    kind: str  # missing | extra | type | content | mtime | mode | link
     detail: str = ""
 
     def __str__(self) -> str:
         extra = f" ({self.detail})" if self.detail else ""
-        return f"{self.kind:8} {os.fsdecode(self.path)}{extra}"
+        return f"{self.kind:8} /{os.fsdecode(self.path)}{extra}"
 
 
-def _legacy_files(legacy: Path, skip: bytes) -> tuple[bytes, dict[bytes, os.stat_result]]:
-    root = os.fsencode(os.path.abspath(legacy))
-    out: dict[bytes, os.stat_result] = {}
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                rel = e.path[len(root):]
-                if e.name.startswith(TMP) or rel.lstrip(b"/") == skip:
-                    continue
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                else:
-                    out[rel] = e.stat(follow_symlinks=False)
-    return root, out
+@dataclass(frozen=True)
+class Side:
+    items: dict[bytes, Item]  # folders left out
+    digest: Digest
 
 
-def _sha256(path: bytes) -> bytes:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
+async def directory_side(root: str | os.PathLike[str]) -> Side:
+    base = os.fsencode(root)
+
+    def scan() -> dict[bytes, Item]:
+        return {rel: item for rel, item in walk(base, skip=frozenset([TRASH]), skip_prefix=TMP)
+                if item.kind != "dir"}
+
+    async def digest(rel: bytes) -> bytes | None:
+        return await asyncio.to_thread(sha256_file, base + b"/" + rel)
+
+    return Side(await asyncio.to_thread(scan), digest)
 
 
-async def verify(master: RemoteCluster, legacy: Path, *,
-                 trash_dir: bytes = b".tandem-trash") -> list[Difference]:
-    want = {e.path: e for e in await master.walk("/") if not e.is_dir}
-    root, have = await asyncio.to_thread(_legacy_files, legacy, trash_dir)
-    diffs = [Difference(p, "extra") for p in sorted(set(have) - set(want))]
-    for p in sorted(want):
-        e, st = want[p], have.get(p)
-        if st is None:
+async def cluster_side(master: RemoteCluster) -> Side:
+    entries = {e.path.lstrip(b"/"): e for e in await master.walk("/") if not e.is_dir}
+
+    async def digest(rel: bytes) -> bytes | None:
+        return entries[rel].hash
+
+    return Side({rel: Item("file", e.size, e.mtime_ns, e.mode & 0o7777)
+                 for rel, e in entries.items()}, digest)
+
+
+async def compare(want: Side, have: Side) -> list[Difference]:
+    """What ``have`` lacks or holds otherwise than ``want``."""
+    diffs = [Difference(p, "extra") for p in sorted(have.items.keys() - want.items.keys())]
+    for p in sorted(want.items):
+        a, b = want.items[p], have.items.get(p)
+        if b is None:
             diffs.append(Difference(p, "missing"))
-        elif not stat.S_ISREG(st.st_mode):
-            diffs.append(Difference(p, "type", "not a regular file on the legacy side"))
-        elif st.st_size != e.size or await asyncio.to_thread(_sha256, root + p) != e.hash:
-            diffs.append(Difference(p, "content", f"{st.st_size} vs {e.size} bytes"))
-        elif st.st_mtime_ns != e.mtime_ns:
-            diffs.append(Difference(p, "mtime", f"{st.st_mtime_ns} vs {e.mtime_ns} ns"))
-        elif st.st_mode & 0o7777 != e.mode & 0o7777:
-            diffs.append(Difference(p, "mode", f"{st.st_mode & 0o7777:o} vs {e.mode:o}"))
+        elif a.kind != b.kind:
+            diffs.append(Difference(p, "type", f"{b.kind} instead of {a.kind}"))
+        elif a.kind == "link":
+            if a.link != b.link:
+                diffs.append(Difference(p, "link", f"-> {b.link!r} instead of {a.link!r}"))
+        elif a.kind != "file":
+            continue
+        elif a.size != b.size:
+            diffs.append(Difference(p, "content", f"{b.size} bytes instead of {a.size}"))
+        elif await want.digest(p) != await have.digest(p):
+            diffs.append(Difference(p, "content", "same size, other bytes"))
+        elif a.mtime_ns != b.mtime_ns:
+            diffs.append(Difference(p, "mtime", f"{b.mtime_ns} ns instead of {a.mtime_ns}"))
+        elif a.mode != b.mode:
+            diffs.append(Difference(p, "mode", f"{b.mode:o} instead of {a.mode:o}"))
     return diffs
+
+
+async def verify(master: RemoteCluster, legacy: Path) -> list[Difference]:
+    """The legacy directory against the cluster."""
+    return await compare(await cluster_side(master), await directory_side(legacy))
+
+
+async def verify_dirs(source: Path, target: Path) -> list[Difference]:
+    return await compare(await directory_side(source), await directory_side(target))
+

@@ -1,0 +1,75 @@
+"""The mirror's status file (as lsyncd's ``statusFile``): ``<state_dir>/status.json``, rewritten
+atomically at most every ``EVERY`` seconds, and at once on an error or when it turns idle or
+busy.
+
+    {"direction": "cluster->legacy", "source": "...", "target": "...", "cursor": 123 | null,
+     "queue": 0, "inflight": 0, "idle": true, "lag_seconds": 0.0, "last_error": "",
+     "counters": {...}, "updated": 1763700000.1, "pid": 4242}
+
+``lag_seconds`` is the age of the oldest change not yet on the target; ``cursor`` the
+changelog position applied (cluster source only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+EVERY = 0.5
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temporary file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """The last status written; raises ``OSError`` / ``ValueError`` when there is none."""
+    body = json.loads((state_dir / "status.json").read_text())
+    if not isinstance(body, dict):
+        raise ValueError("status.json is not an object")
+    return body
+
+
+class Status:
+    def __init__(self, state_dir: Path, direction: str, source: str, target: str,
+                 counters: dict[str, int]) -> None:
+        self.file = state_dir / "status.json"
+        self.direction = direction
+        self.source = source
+        self.target = target
+        self.counters = counters
+        self.last_error = ""
+        self._at = 0.0
+        self._idle = False  # what the file says
+
+    def write(self, *, queue: int, inflight: int, lag_seconds: float,
+              cursor: int | None = None, force: bool = False) -> None:
+        now = time.monotonic()
+        idle = queue == 0 and inflight == 0
+        if not force and idle == self._idle and now - self._at < EVERY:
+            return
+        self._at, self._idle = now, idle
+        body = {
+            "direction": self.direction,
+            "source": self.source,
+            "target": self.target,
+            "cursor": cursor,
+            "queue": queue,
+            "inflight": inflight,
+            "idle": idle,
+            "lag_seconds": round(lag_seconds, 3),
+            "last_error": self.last_error,
+            "counters": self.counters,
+            "updated": time.time(),
+            "pid": os.getpid(),
+        }
+        atomic_write(self.file, json.dumps(body).encode())

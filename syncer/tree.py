@@ -1,0 +1,134 @@
+"""What the syncer knows of an entry on either side, how it walks a local tree, and the one
+interface every target (a directory, the cluster) offers the mirror.
+
+Paths are bytes relative to the side's root, without a leading slash (``b"news/a.html"``):
+names that are not UTF-8 round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Kind = Literal["file", "dir", "link", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    kind: Kind
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0  # permission bits only
+    link: bytes = b""  # a symbolic link's target
+
+    def same(self, other: Item | None) -> bool:
+        """Equal for the mirror's quick check (rsync's default): kind, size, mtime, mode."""
+        return other is not None and (self.kind, self.size, self.mtime_ns, self.mode,
+                                      self.link) == (other.kind, other.size, other.mtime_ns,
+                                                     other.mode, other.link)
+
+
+def item_of(st: os.stat_result, path: bytes | None = None) -> Item:
+    """The ``Item`` for an ``lstat`` result (``path`` is needed to read a link's target)."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return Item("file", st.st_size, st.st_mtime_ns, stat.S_IMODE(mode))
+    if stat.S_ISDIR(mode):
+        return Item("dir", 0, st.st_mtime_ns, stat.S_IMODE(mode))
+    if stat.S_ISLNK(mode) and path is not None:
+        return Item("link", 0, 0, 0, os.readlink(path))
+    return Item("other", 0, st.st_mtime_ns, stat.S_IMODE(mode))
+
+
+def lstat_item(path: bytes) -> Item | None:
+    try:
+        return item_of(os.lstat(path), path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def sha256_file(path: bytes) -> bytes | None:
+    """SHA-256 of a local file's bytes; None when there is no such file."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").digest()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def walk(root: bytes, under: bytes = b"", *, skip: frozenset[bytes] = frozenset(),
+         skip_prefix: bytes | None = None) -> Iterator[tuple[bytes, Item]]:
+    """Every entry below ``root/under`` (not ``under`` itself), parents before children,
+    as ``(relative path, Item)``; folders that vanish meanwhile are skipped. ``skip``: relative
+    paths not to enter or report; ``skip_prefix``: names starting with it are not reported."""
+    stack = [under]
+    while stack:
+        rel_dir = stack.pop()
+        folder = root + b"/" + rel_dir if rel_dir else root
+        try:
+            it = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for e in it:
+                if skip_prefix is not None and e.name.startswith(skip_prefix):
+                    continue
+                rel = rel_dir + b"/" + e.name if rel_dir else e.name
+                if rel in skip:
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    item = item_of(st, e.path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                yield rel, item
+                if item.kind == "dir":
+                    stack.append(rel)
+
+
+class SourceChanged(Exception):
+    """The source file changed while it was being copied: the copy was not exposed."""
+
+
+class Target(Protocol):
+    """Where the mirror writes. Every method may raise ``TargetError`` (retryable) or
+    ``Skipped``; each is safe to repeat."""
+
+    label: str
+
+    async def put_file(self, rel: bytes, source: bytes, item: Item) -> None:
+        """Copy the local file ``source`` to ``rel`` with ``item``'s mtime and mode, never
+        exposing a part; raises ``SourceChanged`` when the source changed during the copy.
+        The copy may be staged: it is visible and durable after ``commit``."""
+        ...
+
+    async def put_link(self, rel: bytes, link: bytes) -> None: ...
+
+    async def make_dir(self, rel: bytes, item: Item) -> None: ...
+
+    async def delete(self, rel: bytes) -> bool:
+        """Apply the delete policy to ``rel`` (file or tree); False when it was not there."""
+        ...
+
+    async def rename(self, src: bytes, dst: bytes) -> bool:
+        """Move ``src`` to ``dst``; False when that cannot be done as a rename (``src``
+        missing, ``dst`` a folder that is not empty): the caller copies instead."""
+        ...
+
+    async def commit(self) -> None:
+        """Make every staged copy visible and everything done so far durable."""
+        ...
+
+    async def stat(self, rel: bytes) -> Item | None: ...
+
+    async def scan(self, under: bytes = b"") -> dict[bytes, Item]:
+        """Every entry below ``under`` (its own temporary and trash names left out)."""
+        ...
+
+    def staged(self) -> int:
+        """Copies waiting for ``commit``."""
+        ...
