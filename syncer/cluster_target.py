@@ -21,7 +21,7 @@ from cluster.errors import AlreadyExists, InvalidPath, NotADirectory, NotFound, 
 from cluster.meta import Entry
 from cluster.remote import RemoteCluster
 from syncer.errors import Skipped
-from syncer.tree import Item, SourceChanged
+from syncer.tree import Item, SourceChanged, read_lease
 
 PIECE = 1 << 20
 
@@ -109,27 +109,27 @@ class ClusterTarget:
 
 
 async def _read(source: bytes, item: Item) -> AsyncIterator[bytes]:
-    """The bytes of ``source``, checked to still be ``item`` before the last piece goes."""
+    """The bytes of ``source`` under a read lease, checked to still be ``item`` before the
+    last piece goes (else the body is cut and the master commits nothing)."""
     try:
         f = await asyncio.to_thread(open, source, "rb")
     except OSError as exc:
         raise SourceChanged(f"{os.fsdecode(source)}: {exc.strerror}") from None
-    try:
-        st = os.fstat(f.fileno())
-        if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+    with f, read_lease(f.fileno(), source):
+        if not _is(os.fstat(f.fileno()), item):
             raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
         left = item.size
         while True:
             piece = await asyncio.to_thread(f.read, PIECE) if left > PIECE else f.read(PIECE)
             left -= len(piece)
-            if left <= 0:
-                st = os.fstat(f.fileno())
-                if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns) or left < 0:
-                    raise SourceChanged(f"{os.fsdecode(source)} changed during the copy")
+            if left <= 0 and (left < 0 or not _is(os.fstat(f.fileno()), item)):
+                raise SourceChanged(f"{os.fsdecode(source)} changed during the copy")
             if not piece:
-                if left != 0:  # shorter than it was: the body is cut, nothing is committed
+                if left != 0:  # shorter than it was
                     raise SourceChanged(f"{os.fsdecode(source)} shrank during the copy")
                 return
             yield piece
-    finally:
-        f.close()
+
+
+def _is(st: os.stat_result, item: Item) -> bool:
+    return st.st_size == item.size and st.st_mtime_ns == item.mtime_ns

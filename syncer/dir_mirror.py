@@ -41,7 +41,15 @@ from syncer.errors import CommitFailed, Skipped
 from syncer.retry import retrying
 from syncer.status import Status
 from syncer.target import TMP, TRASH
-from syncer.tree import Item, SourceChanged, Target, lstat_item, sha256_file, walk
+from syncer.tree import (
+    Item,
+    SourceChanged,
+    Target,
+    enable_leases,
+    lstat_item,
+    sha256_file,
+    walk,
+)
 from syncer.watch import Watcher
 
 log = structlog.get_logger("syncer")
@@ -85,6 +93,7 @@ class DirectoryMirror:
                  reconcile_every: float = 3600.0, deletes: bool = True,
                  checksum: bool = False) -> None:
         self.root = os.fsencode(os.path.abspath(source))
+        enable_leases()
         self.target = target
         self.state_dir = state_dir
         self.concurrency = concurrency
@@ -429,7 +438,7 @@ class DirectoryMirror:
         if self.deletes:
             extra = theirs.keys() - mine.keys()
             for rel in extra:
-                if rel.rsplit(b"/", 1)[0] not in extra:  # a folder's delete takes its entries
+                if rel.rpartition(b"/")[0] not in extra:  # a folder's delete takes its entries
                     self._add(rel, Work(now))
                     queued += 1
         return queued

@@ -1,6 +1,6 @@
 """The mirror's status file (as lsyncd's ``statusFile``): ``<state_dir>/status.json``, rewritten
-atomically at most every ``EVERY`` seconds, and at once on an error or when it turns idle or
-busy.
+atomically at most every ``EVERY`` seconds, and at once on an error, when it turns idle or
+busy, and when it is idle after work (so an idle status always shows the work done).
 
     {"direction": "cluster->legacy", "source": "...", "target": "...", "cursor": 123 | null,
      "queue": 0, "inflight": 0, "idle": true, "lag_seconds": 0.0, "last_error": "",
@@ -50,14 +50,16 @@ class Status:
         self.last_error = ""
         self._at = 0.0
         self._idle = False  # what the file says
+        self._counted: dict[str, int] = {}  # the counters it shows
 
     def write(self, *, queue: int, inflight: int, lag_seconds: float,
               cursor: int | None = None, force: bool = False) -> None:
         now = time.monotonic()
         idle = queue == 0 and inflight == 0
-        if not force and idle == self._idle and now - self._at < EVERY:
+        settled = idle and self._counted != self.counters  # work done since: show it now
+        if not force and not settled and idle == self._idle and now - self._at < EVERY:
             return
-        self._at, self._idle = now, idle
+        self._at, self._idle, self._counted = now, idle, dict(self.counters)
         body = {
             "direction": self.direction,
             "source": self.source,

@@ -34,7 +34,7 @@ from typing import Literal
 
 from cluster.volume import syncfs
 from syncer.errors import CommitFailed, Skipped, TargetError
-from syncer.tree import Item, SourceChanged, lstat_item, sha256_file, walk
+from syncer.tree import Item, SourceChanged, lstat_item, read_lease, sha256_file, walk
 
 TMP = b".tandem-sync."  # prefix of a file being written; never a final name
 TRASH = b".tandem-trash"  # the folder the ``trash`` delete policy moves deletions to
@@ -61,6 +61,7 @@ class DirectoryTarget:
         self._staged: list[tuple[bytes, bytes, bytes]] = []  # (rel, temporary, final)
         self._lock = threading.Lock()  # _staged and _dirty, between worker threads
         self._commit_lock = threading.Lock()
+        self._sweep = True  # the first scan removes temporary files of an earlier process
 
     def path(self, rel: bytes) -> bytes:
         return self.root + b"/" + check_rel(rel)
@@ -102,8 +103,9 @@ class DirectoryTarget:
 
     def stage_copy(self, rel: bytes, source: bytes, item: Item) -> None:
         """Copy the local file ``source`` (expected to be ``item``) to a temporary name beside
-        ``rel``; ``commit`` renames it into place. Raises ``SourceChanged`` (nothing staged)
-        when the source is not ``item`` any more or changes during the copy."""
+        ``rel``, under a read lease (``tree.read_lease``); ``commit`` renames it into place.
+        Raises ``SourceChanged`` (nothing staged) when the source is open for writing, is not
+        ``item`` any more, or changes during the copy."""
         final = self.path(rel)
         folder = os.path.dirname(final)
         tmp = folder + b"/" + TMP + os.urandom(6).hex().encode()
@@ -112,28 +114,32 @@ class DirectoryTarget:
         except OSError as exc:
             raise SourceChanged(f"{os.fsdecode(source)}: {exc.strerror}") from None
         try:
-            if not _is(os.fstat(src), item):
-                raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
-            try:
-                self._make_dirs(folder)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    _copy_fd(src, fd, item.size)
-                    os.fchmod(fd, item.mode & 0o7777)
-                    os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
+            with read_lease(src, source):
+                if not _is(os.fstat(src), item):
+                    raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
+                self._write_tmp(rel, src, item, folder, tmp)
+                if not _is(os.fstat(src), item):
                     os.unlink(tmp)
-                raise _target_error(exc, f"write {os.fsdecode(rel)}") from None
-            if not _is(os.fstat(src), item):
-                os.unlink(tmp)
-                raise SourceChanged(f"{os.fsdecode(source)} changed during the copy")
+                    raise SourceChanged(f"{os.fsdecode(source)} changed during the copy")
         finally:
             os.close(src)
         with self._lock:
             self._staged.append((rel, tmp, final))
+
+    def _write_tmp(self, rel: bytes, src: int, item: Item, folder: bytes, tmp: bytes) -> None:
+        try:
+            self._make_dirs(folder)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _copy_fd(src, fd, item.size)
+                os.fchmod(fd, item.mode & 0o7777)
+                os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _target_error(exc, f"write {os.fsdecode(rel)}") from None
 
     def staged(self) -> int:
         return len(self._staged)
@@ -204,7 +210,19 @@ class DirectoryTarget:
         if not os.path.isdir(self.root):
             raise TargetError(f"scan {os.fsdecode(self.root)}: the target (or its mount) "
                               "is missing")
-        return dict(walk(self.root, under, skip=frozenset([self.trash_dir]), skip_prefix=TMP))
+        found = dict(walk(self.root, under, skip=frozenset([self.trash_dir])))
+        temps = [rel for rel in found if rel.rsplit(b"/", 1)[-1].startswith(TMP)]
+        with self._lock:
+            mine = {tmp for _, tmp, _ in self._staged}
+        for rel in temps:
+            del found[rel]
+            path = self.root + b"/" + rel
+            if path not in mine and self._sweep:  # left by a syncer that was killed
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        if not under:
+            self._sweep = False
+        return found
 
     def symlink(self, rel: bytes, link_target: bytes) -> None:
         """Mirror a symbolic link as a link, if it stays inside the root."""

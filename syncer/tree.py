@@ -7,8 +7,12 @@ names that are not UTF-8 round-trip exactly.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
+import signal
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,7 +95,50 @@ def walk(root: bytes, under: bytes = b"", *, skip: frozenset[bytes] = frozenset(
 
 
 class SourceChanged(Exception):
-    """The source file changed while it was being copied: the copy was not exposed."""
+    """The source file changed while it was being copied, or is open for writing: nothing
+    was exposed; the path is looked at again."""
+
+
+_leases = False
+
+
+def enable_leases() -> bool:
+    """Let ``read_lease`` take leases: the kernel signals a lease holder with SIGIO when a
+    writer opens the file, and SIGIO's default action ends the process, so it is ignored
+    (the holder lets go after its copy anyway). Main thread only; False elsewhere."""
+    global _leases
+    try:
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+    except ValueError:
+        return False
+    _leases = True
+    return True
+
+
+@contextlib.contextmanager
+def read_lease(fd: int, name: bytes) -> Iterator[None]:
+    """Hold a read lease on ``fd`` (open read-only) while copying from it.
+
+    The kernel grants a read lease only while no process has the file open for writing, and
+    holds back a writer's ``open`` until the lease is let go: what is read under it is a
+    state the file had after a ``close``. A file open for writing raises ``SourceChanged``
+    (its writer's close brings it back). Where a lease cannot be had (neither the file's
+    owner nor CAP_LEASE, a filesystem without leases) nothing is held, and the size and mtime
+    checks around the copy are the only guard."""
+    held = False
+    if _leases:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            held = True
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                raise SourceChanged(f"{os.fsdecode(name)} is open for writing") from None
+    try:
+        yield
+    finally:
+        if held:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 
 
 class Target(Protocol):
