@@ -16,27 +16,25 @@ per file is bounded by a small queue of pieces.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import queue
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from cluster.changelog import ChangeFeed
-from cluster.errors import ChangelogTrimmed, ClusterError, NotFound
+from cluster.errors import ChangelogTrimmed, NotFound
 from cluster.meta import Change, Entry
 from cluster.remote import RemoteCluster
 from syncer.errors import SyncError
+from syncer.retry import retrying
+from syncer.status import Status, atomic_write
 from syncer.target import DirectoryTarget
 
 log = structlog.get_logger("syncer")
 
-STATUS_EVERY = 0.5  # seconds between status file writes while busy
 _END = object()
 
 
@@ -48,12 +46,12 @@ class ClusterMirror:
         self.target = target
         self.state_dir = state_dir
         self.cursor_file = state_dir / "cursor"
-        self.status_file = state_dir / "status.json"
         self.counters = {"files_copied": 0, "deleted": 0, "renamed": 0, "changes": 0,
                          "full_passes": 0, "errors": 0}
-        self.last_error = ""
+        self.status = Status(state_dir, "cluster->legacy", "cluster",
+                             os.fsdecode(target.root), self.counters)
         self.oldest_pending_ms: int | None = None
-        self._status_at = 0.0
+        self.cursor: int | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -70,30 +68,20 @@ class ClusterMirror:
                 cursor = None
 
     async def _follow(self, cursor: int) -> None:
+        self.cursor = cursor
+        self._status(force=True)
         async for change in self.feed.follow(cursor):
             self.oldest_pending_ms = change.ts_ms
-            await self._retrying(self.apply, change)
+            await retrying(self._error, self.apply, change)
             self.counters["changes"] += 1
             await asyncio.to_thread(self.target.flush)
             self._save_cursor(change.seq)
             self.oldest_pending_ms = None
-            self._status(force=False, cursor=change.seq)
+            self._status()
 
-    async def _retrying(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Retry a change while the target or the master fails; never drop it."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((SyncError, ClusterError)),
-            wait=wait_exponential(multiplier=0.1, max=5.0),
-            before_sleep=self._failed,
-        ):
-            with attempt:
-                await fn(*args)
-
-    def _failed(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
+    def _error(self, exc: BaseException) -> None:
         self.counters["errors"] += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("sync.retry", error=self.last_error, attempt=state.attempt_number)
+        self.status.last_error = f"{type(exc).__name__}: {exc}"
         self._status(force=True)
 
     # -- applying changes -------------------------------------------------------------------
@@ -170,12 +158,14 @@ class ClusterMirror:
         the pass started from (later changes are then applied from the feed)."""
         _, start = self.feed.bounds()
         log.info("sync.full_started", cursor=start)
-        await self._retrying(self._copy_changed, b"/")
+        self.oldest_pending_ms = time.time_ns() // 1_000_000
+        self._status(force=True)
+        await retrying(self._error, self._copy_changed, b"/")
         await asyncio.to_thread(self.target.flush)
         self._save_cursor(start)
+        self.oldest_pending_ms = None
         self.counters["full_passes"] += 1
         log.info("sync.full_done", cursor=start, copied=self.counters["files_copied"])
-        self._status(force=True, cursor=start)
         return start
 
     # -- state ------------------------------------------------------------------------------
@@ -187,29 +177,24 @@ class ClusterMirror:
             return None
 
     def _save_cursor(self, seq: int) -> None:
-        _atomic_write(self.cursor_file, f"{seq}\n".encode())
+        atomic_write(self.cursor_file, f"{seq}\n".encode())
+        self.cursor = seq
 
     def lag_seconds(self) -> float:
         if self.oldest_pending_ms is None:
             return 0.0
         return max(0.0, time.time() - self.oldest_pending_ms / 1000)
 
-    def _status(self, *, force: bool, cursor: int | None = None) -> None:
-        now = time.monotonic()
-        if not force and now - self._status_at < STATUS_EVERY:
-            return
-        self._status_at = now
-        body = {
-            "direction": "cluster->legacy",
-            "target": os.fsdecode(self.target.root),
-            "cursor": cursor if cursor is not None else self._load_cursor(),
-            "lag_seconds": round(self.lag_seconds(), 3),
-            "last_error": self.last_error,
-            "counters": self.counters,
-            "updated": time.time(),
-            "pid": os.getpid(),
-        }
-        _atomic_write(self.status_file, json.dumps(body).encode())
+    def _status(self, *, force: bool = False) -> None:
+        """``queue``: changes in the changelog not applied yet."""
+        busy = self.oldest_pending_ms is not None
+
+        def queue() -> int:
+            last = self.feed.bounds()[1]
+            return max(0, last - self.cursor) if self.cursor is not None else last
+
+        self.status.write(queue=queue, inflight=int(busy), lag_seconds=self.lag_seconds(),
+                          cursor=self.cursor, force=force, idle=not busy)
 
 
 _ABORT = object()
@@ -228,13 +213,4 @@ def _drain(pieces: queue.Queue[object]) -> Iterator[bytes]:
 
 def _rel(path: bytes) -> bytes:
     return path.lstrip(b"/")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 

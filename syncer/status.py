@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,14 @@ class Status:
         self._idle = False  # what the file says
         self._counted: dict[str, int] = {}  # the counters it shows
 
-    def write(self, *, queue: int, inflight: int, lag_seconds: float,
-              cursor: int | None = None, force: bool = False) -> None:
+    def write(self, *, queue: int | Callable[[], int], inflight: int, lag_seconds: float,
+              cursor: int | None = None, force: bool = False, idle: bool | None = None) -> None:
+        """``queue`` may be a function, called only when the file is written; ``idle``
+        defaults to nothing queued and nothing in flight."""
         now = time.monotonic()
-        idle = queue == 0 and inflight == 0
+        if idle is None:
+            assert isinstance(queue, int)
+            idle = queue == 0 and inflight == 0
         settled = idle and self._counted != self.counters  # work done since: show it now
         if not force and not settled and idle == self._idle and now - self._at < EVERY:
             return
@@ -65,7 +70,7 @@ class Status:
             "source": self.source,
             "target": self.target,
             "cursor": cursor,
-            "queue": queue,
+            "queue": queue if isinstance(queue, int) else queue(),
             "inflight": inflight,
             "idle": idle,
             "lag_seconds": round(lag_seconds, 3),
