@@ -115,11 +115,13 @@ async def _read(source: bytes, item: Item) -> AsyncIterator[bytes]:
         f = await asyncio.to_thread(open, source, "rb")
     except OSError as exc:
         raise SourceChanged(f"{os.fsdecode(source)}: {exc.strerror}") from None
-    with f, read_lease(f.fileno(), source):
+    with f, read_lease(f.fileno(), source) as lease:
         if not _is(os.fstat(f.fileno()), item):
             raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
         left = item.size
         while True:
+            if lease.asked_back():  # a writer waits for this file (or another): let go
+                raise SourceChanged(f"{os.fsdecode(source)}: a writer opened it")
             piece = await asyncio.to_thread(f.read, PIECE) if left > PIECE else f.read(PIECE)
             left -= len(piece)
             if left <= 0 and (left < 0 or not _is(os.fstat(f.fileno()), item)):

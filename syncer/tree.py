@@ -100,31 +100,48 @@ class SourceChanged(Exception):
 
 
 _leases = False
+_breaks = 0  # leases the kernel asked back (a writer opened a file we hold a lease on)
+
+
+def _on_break(signum: int, frame: object) -> None:
+    global _breaks
+    _breaks += 1
 
 
 def enable_leases() -> bool:
-    """Let ``read_lease`` take leases: the kernel signals a lease holder with SIGIO when a
-    writer opens the file, and SIGIO's default action ends the process, so it is ignored
-    (the holder lets go after its copy anyway). Main thread only; False elsewhere."""
+    """Let ``read_lease`` take leases. The kernel asks a lease back with SIGIO, whose default
+    action would end the process: it is counted instead, so a long copy can let go early.
+    Main thread only; False elsewhere."""
     global _leases
     try:
-        signal.signal(signal.SIGIO, signal.SIG_IGN)
+        signal.signal(signal.SIGIO, _on_break)
     except ValueError:
         return False
     _leases = True
     return True
 
 
+class Lease:
+    def __init__(self) -> None:
+        self.breaks = _breaks
+
+    def asked_back(self) -> bool:
+        """A writer has opened some file under lease since this one was taken (the kernel
+        does not say which): a long copy stops, lets go, and is done again later."""
+        return _breaks != self.breaks
+
+
 @contextlib.contextmanager
-def read_lease(fd: int, name: bytes) -> Iterator[None]:
+def read_lease(fd: int, name: bytes) -> Iterator[Lease]:
     """Hold a read lease on ``fd`` (open read-only) while copying from it.
 
     The kernel grants a read lease only while no process has the file open for writing, and
-    holds back a writer's ``open`` until the lease is let go: what is read under it is a
-    state the file had after a ``close``. A file open for writing raises ``SourceChanged``
-    (its writer's close brings it back). Where a lease cannot be had (neither the file's
-    owner nor CAP_LEASE, a filesystem without leases) nothing is held, and the size and mtime
-    checks around the copy are the only guard."""
+    holds back a writer's ``open`` until the lease is let go (at most
+    ``/proc/sys/fs/lease-break-time`` seconds): what is read under it is a state the file
+    had after a ``close``. A file open for writing raises ``SourceChanged`` (its writer's
+    close brings it back). Where a lease cannot be had (neither the file's owner nor
+    CAP_LEASE, a filesystem without leases) nothing is held, and the size and mtime checks
+    around the copy are the only guard."""
     held = False
     if _leases:
         try:
@@ -134,7 +151,7 @@ def read_lease(fd: int, name: bytes) -> Iterator[None]:
             if exc.errno == errno.EAGAIN:
                 raise SourceChanged(f"{os.fsdecode(name)} is open for writing") from None
     try:
-        yield
+        yield Lease()
     finally:
         if held:
             with contextlib.suppress(OSError):
