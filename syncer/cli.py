@@ -18,15 +18,19 @@ import hashlib
 import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from tqdm import tqdm
 
 from cluster.cli import master_url
 from cluster.remote import RemoteCluster
 from syncer import daemon
+from syncer.cluster_mirror import ClusterMirror
+from syncer.cluster_target import ClusterTarget
 from syncer.dir_mirror import DirectoryMirror
+from syncer.state import DIRECTIONS, read_primary
 from syncer.status import read_status
 from syncer.target import DeletePolicy, DirectoryTarget, DirectoryTargetAsync
 from syncer.tree import Target
@@ -34,6 +38,8 @@ from syncer.verify import verify, verify_dirs
 
 if TYPE_CHECKING:  # the composed config; the syncer needs only its own and these sections
     from origin.config import Config
+
+T = TypeVar("T")
 
 
 def add_parser(sub: Any) -> None:
@@ -70,8 +76,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return asyncio.run(_verify(args, cfg))
     if args.source is None:
         if args.action == "full":
-            print("tandem: sync full needs --from and --to for now", file=sys.stderr)
-            return 2
+            return asyncio.run(_site_full(args, cfg, state_dir))
         return asyncio.run(daemon.run(cfg))
     for folder in (args.source, args.target):
         if not folder.is_dir():
@@ -107,6 +112,37 @@ async def _until_signal(work: Any) -> int:
 async def _full(args: argparse.Namespace, target: Target, state_dir: Path) -> int:
     mirror = DirectoryMirror(args.source, target, state_dir, concurrency=args.concurrency,
                              deletes=args.delete, checksum=args.checksum)
+    _report(await _with_bar(mirror, mirror.full()), f"{args.source} → {args.target}")
+    return 0
+
+
+async def _site_full(args: argparse.Namespace, cfg: Config, state_dir: Path) -> int:
+    """One full pass in the site's current direction (``sync.state_dir``'s primary)."""
+    primary = read_primary(state_dir)
+    async with RemoteCluster(master_url(cfg.cluster)) as master:
+        if primary == "legacy":
+            mirror = DirectoryMirror(cfg.legacy.dir, ClusterTarget(master), state_dir,
+                                     direction=DIRECTIONS[primary],
+                                     concurrency=args.concurrency, deletes=args.delete,
+                                     checksum=args.checksum)
+            counters = await _with_bar(mirror, mirror.full())
+        else:
+            target = DirectoryTarget(cfg.legacy.dir, deletes=cast(DeletePolicy,
+                                                                  cfg.sync.deletes))
+            cm = ClusterMirror(master, cfg.cluster.meta_dir, target, state_dir)
+            await _with_bar(cm, cm.full(checksum=args.checksum, delete=args.delete))
+            counters = cm.counters
+    _report(counters, DIRECTIONS[primary])
+    return 0
+
+
+class _Progress(Protocol):
+    progress: Callable[[int], None] | None
+    planned_bytes: int
+
+
+async def _with_bar(mirror: _Progress, work: Awaitable[T]) -> T:
+    """Run ``work`` with a progress bar (bytes copied of those planned) on stderr."""
     with tqdm(unit="B", unit_scale=True, disable=None, file=sys.stderr,
               desc="sync full") as bar:
         def progress(n: int) -> None:
@@ -115,12 +151,13 @@ async def _full(args: argparse.Namespace, target: Target, state_dir: Path) -> in
             bar.update(n)
 
         mirror.progress = progress
-        counters = await mirror.full()
-    c = counters
-    print(f"{c['files_copied']} file(s) copied ({c['bytes_copied']} bytes), {c['deleted']} "
-          f"deleted, {c['links']} link(s), {c['skipped']} skipped, {c['errors']} error(s): "
-          f"{args.source} → {args.target}")
-    return 0
+        return await work
+
+
+def _report(c: dict[str, int], what: str) -> None:
+    print(f"{c['files_copied']} file(s) copied ({c.get('bytes_copied', 0)} bytes), "
+          f"{c['deleted']} deleted, {c.get('links', 0)} link(s), {c.get('skipped', 0)} "
+          f"skipped, {c['errors']} error(s): {what}")
 
 
 async def _verify(args: argparse.Namespace, cfg: Config) -> int:

@@ -19,7 +19,7 @@ import asyncio
 import os
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -32,6 +32,7 @@ from syncer.errors import SyncError
 from syncer.retry import retrying
 from syncer.status import Status, atomic_write
 from syncer.target import DirectoryTarget
+from syncer.tree import Item, topmost
 
 log = structlog.get_logger("syncer")
 
@@ -52,6 +53,8 @@ class ClusterMirror:
                              os.fsdecode(target.root), self.counters)
         self.oldest_pending_ms: int | None = None
         self.cursor: int | None = None
+        self.progress: Callable[[int], None] | None = None  # bytes copied, for a progress bar
+        self.planned_bytes = 0  # bytes the full pass found to copy
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -115,9 +118,6 @@ class ClusterMirror:
                 continue
             await self.copy_file(e)
 
-    async def _copy_changed(self, path: bytes) -> None:
-        await self.copy_tree(path, only_changed=True)
-
     def _same(self, e: Entry) -> bool:
         try:
             st = os.stat(self.target.path(_rel(e.path)))
@@ -150,23 +150,51 @@ class ClusterMirror:
             raise
         await writer
         self.counters["files_copied"] += 1
+        if self.progress is not None:
+            self.progress(e.size)
 
     # -- the full pass ----------------------------------------------------------------------
 
-    async def full(self) -> int:
-        """Copy what differs (size or mtime) for every file; returns the changelog position
-        the pass started from (later changes are then applied from the feed)."""
+    async def full(self, *, checksum: bool = False, delete: bool = False) -> int:
+        """Copy every file the target lacks or has with another size, mtime or mode (or,
+        with ``checksum``, other bytes); with ``delete``, apply the delete policy to what
+        only the target has. Returns the changelog position the pass started from (later
+        changes are then applied from the feed).
+
+        The daemon's own full pass (no cursor yet, or one behind retention) never deletes:
+        a legacy directory that holds more than the cluster is reported by ``verify`` and
+        cleaned only on request (``tandem sync full --delete``)."""
         _, start = self.feed.bounds()
         log.info("sync.full_started", cursor=start)
         self.oldest_pending_ms = time.time_ns() // 1_000_000
         self._status(force=True)
-        await retrying(self._error, self._copy_changed, b"/")
+        await retrying(self._error, self._full_pass, checksum, delete)
         await asyncio.to_thread(self.target.flush)
         self._save_cursor(start)
         self.oldest_pending_ms = None
         self.counters["full_passes"] += 1
         log.info("sync.full_done", cursor=start, copied=self.counters["files_copied"])
+        self._status(force=True)
         return start
+
+    async def _full_pass(self, checksum: bool, delete: bool) -> None:
+        want = {e.path.lstrip(b"/"): e for e in await self.master.walk(b"/")}
+        have = await asyncio.to_thread(self.target.scan)
+        todo = []
+        for rel, e in want.items():
+            if e.is_dir:
+                continue
+            if Item("file", e.size, e.mtime_ns, e.mode & 0o7777).same(have.get(rel)) and (
+                    not checksum or await asyncio.to_thread(self.target.digest, rel) == e.hash):
+                continue
+            todo.append(e)
+        self.planned_bytes = sum(e.size for e in todo)
+        for e in todo:
+            await self.copy_file(e)
+        if delete:
+            for rel in topmost(have.keys() - want.keys()):
+                if await asyncio.to_thread(self.target.delete, rel):
+                    self.counters["deleted"] += 1
 
     # -- state ------------------------------------------------------------------------------
 

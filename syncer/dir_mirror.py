@@ -48,6 +48,7 @@ from syncer.tree import (
     enable_leases,
     lstat_item,
     sha256_file,
+    topmost,
     walk,
 )
 from syncer.watch import Watcher
@@ -436,11 +437,9 @@ class DirectoryMirror:
             self.planned_bytes += item.size
             queued += 1
         if self.deletes:
-            extra = theirs.keys() - mine.keys()
-            for rel in extra:
-                if rel.rpartition(b"/")[0] not in extra:  # a folder's delete takes its entries
-                    self._add(rel, Work(now))
-                    queued += 1
+            for rel in topmost(theirs.keys() - mine.keys()):
+                self._add(rel, Work(now))
+                queued += 1
         return queued
 
     # -- status -------------------------------------------------------------------------------

@@ -94,6 +94,12 @@ def walk(root: bytes, under: bytes = b"", *, skip: frozenset[bytes] = frozenset(
                     stack.append(rel)
 
 
+def topmost(paths: set[bytes]) -> list[bytes]:
+    """The paths whose folder is not in ``paths`` too (deleting a folder takes its entries),
+    sorted."""
+    return sorted(p for p in paths if p.rpartition(b"/")[0] not in paths)
+
+
 class SourceChanged(Exception):
     """The source file changed while it was being copied, or is open for writing: nothing
     was exposed; the path is looked at again."""

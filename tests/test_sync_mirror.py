@@ -156,6 +156,20 @@ async def test_verify_compares_content(site: tuple[Path, str, Path]) -> None:
     assert code == 1, out
     assert "content  /images/a.jpg" in out and "extra    /stray.txt" in out, out
     assert "2 difference(s)" in out, out
+    # sync full compares size and mtime: it cannot see that rewrite, and keeps extras;
+    # --checksum sees it, --delete removes the extra.
+    assert "0 file(s) copied" in sync_full(config)
+    assert verify_cli(config)[0] == 1
+    out = sync_full(config, "--checksum", "--delete")
+    assert "1 file(s) copied" in out and "1 deleted" in out, out
+    code, out = verify_cli(config)
+    assert code == 0 and "0 difference(s)" in out, out
+
+
+def sync_full(config: Path, *extra: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "origin", "--config", str(config), "sync",
+                        "full", *extra], capture_output=True, text=True, timeout=60, check=True)
+    return r.stdout
 
 
 def remount(path: Path, mode: str) -> None:
