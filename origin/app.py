@@ -60,7 +60,7 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
 
     @app.get("/metrics")
     async def metrics_page(request: Request) -> HTTPResponse:
-        data, ctype = metrics.render()
+        data, ctype = metrics.render(cfg.sync.state_dir)
         return HTTPResponse(data, content_type=ctype)
 
     @app.get("/status")

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the origin: requests by status, bytes sent, latency.
+"""Prometheus metrics of the origin: requests by status, bytes sent, latency; and the
+syncer's, read from its status file at each scrape (the syncer is its own process and serves
+no HTTP): ``tandem_sync_queue``, ``tandem_sync_inflight``, ``tandem_sync_lag_seconds``,
+``tandem_sync_idle``, ``tandem_sync_status_age_seconds``, ``tandem_sync_last_error_info``
+and one ``tandem_sync_<counter>_total`` per counter.
 
 The origin runs several worker processes; with ``PROMETHEUS_MULTIPROC_DIR`` set (the
 supervisor sets it before the workers start) every worker writes its samples there and
@@ -8,15 +12,23 @@ supervisor sets it before the workers start) every worker writes its samples the
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from syncer.status import read_status
 
 REQUESTS = Counter("tandem_origin_requests_total", "HTTP requests answered", ["code"])
 BYTES = Counter("tandem_origin_sent_bytes_total", "Body bytes sent by the origin itself")
@@ -38,9 +50,59 @@ def observe(status: int, sent: int, seconds: float) -> None:
     LATENCY.observe(seconds)
 
 
-def render() -> tuple[bytes, str]:
+class SyncCollector(Collector):
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st = read_status(self.state_dir)
+        except (OSError, ValueError):
+            return  # no syncer has run here yet: no sync metrics
+        gauges = {
+            "queue": ("Changes waiting to be applied", st.get("queue")),
+            "inflight": ("Changes being applied or waiting for their commit", st.get("inflight")),
+            "lag_seconds": ("Age of the oldest change not yet on the target",
+                            st.get("lag_seconds")),
+            "idle": ("1 when nothing is pending", st.get("idle")),
+            "status_age_seconds": ("Seconds since the syncer last wrote its status",
+                                   _age(st.get("updated"))),
+        }
+        for name, (doc, value) in gauges.items():
+            if (v := _number(value)) is not None:  # a garbled value is left out, not a 500
+                yield GaugeMetricFamily(f"tandem_sync_{name}", doc, value=v)
+        info = GaugeMetricFamily("tandem_sync_last_error_info", "The last error (1 if any)",
+                                 labels=["direction", "error"])
+        info.add_metric([str(st.get("direction", "")), str(st.get("last_error", ""))],
+                        float(bool(st.get("last_error"))))
+        yield info
+        counters = st.get("counters")
+        for key, value in (counters.items() if isinstance(counters, dict) else ()):
+            if (v := _number(value)) is not None:
+                yield CounterMetricFamily(f"tandem_sync_{key}", f"Syncer counter {key}",
+                                          value=v)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool | int | float):
+        return float(value)
+    return None
+
+
+def _age(updated: object) -> float | None:
+    t = _number(updated)
+    return None if t is None else max(0.0, time.time() - t)
+
+
+def render(sync_state_dir: Path | None = None) -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    else:
+        registry = REGISTRY
+    out = generate_latest(registry)
+    if sync_state_dir is not None:
+        sync = CollectorRegistry()
+        sync.register(SyncCollector(sync_state_dir))
+        out += generate_latest(sync)
+    return out, CONTENT_TYPE_LATEST

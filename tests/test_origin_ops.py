@@ -313,6 +313,33 @@ async def test_metrics_are_summed_over_the_workers(stack: Stack) -> None:
             assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
 
 
+async def test_metrics_show_the_syncer(stack: Stack) -> None:
+    """The syncer's status file, read at each scrape: queue, lag, idle, its last error and
+    its counters; a garbled value is left out rather than failing the scrape."""
+    status = stack.tmp / "var" / "sync" / "status.json"
+    status.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        status.write_text(json.dumps({
+            "direction": "cluster->legacy", "queue": 7, "inflight": 2, "idle": False,
+            "lag_seconds": 1.25, "last_error": "TargetError: the target is read-only",
+            "counters": {"files_copied": 41, "errors": 3, "odd": "x"},
+            "updated": time.time()}))
+        async with httpx.AsyncClient() as h:
+            got = _samples((await h.get(f"{stack.url}/metrics")).text)
+        assert got[("tandem_sync_queue", ())] == 7
+        assert got[("tandem_sync_lag_seconds", ())] == 1.25
+        assert got[("tandem_sync_idle", ())] == 0
+        assert got[("tandem_sync_files_copied_total", ())] == 41
+        assert got[("tandem_sync_errors_total", ())] == 3
+        assert not any(k[0].startswith("tandem_sync_odd") for k in got)
+        assert got[("tandem_sync_last_error_info", (
+            ("direction", "cluster->legacy"),
+            ("error", "TargetError: the target is read-only")))] == 1
+        assert 0 <= got[("tandem_sync_status_age_seconds", ())] < 60
+    finally:
+        status.unlink(missing_ok=True)
+
+
 # -- readiness -----------------------------------------------------------------------------------
 
 
