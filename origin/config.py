@@ -136,6 +136,8 @@ def render(cfg: Config) -> str:
         "[sync]",
         f'state_dir = "{cfg.sync.state_dir}"',
         f"deletes = {_q(cfg.sync.deletes)}",
+        f"concurrency = {cfg.sync.concurrency}",
+        f"reconcile_interval = {cfg.sync.reconcile_interval}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -57,10 +57,12 @@ def add_parser(sub: Any) -> None:
                    help="full: compare files that look equal by content too")
     p.add_argument("--delete", action="store_true",
                    help="full: delete what the target has and the source has not")
-    p.add_argument("--concurrency", type=int, default=8, help="copies at once (default 8)")
+    p.add_argument("--concurrency", type=int,
+                   help="copies at once (default: sync.concurrency)")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    args.concurrency = args.concurrency or cfg.sync.concurrency
     if (args.source is None) != (args.target is None):
         print("tandem: sync: give both --from and --to, or neither", file=sys.stderr)
         return 2
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "full":
         return asyncio.run(_full(args, target, state_dir))
     mirror = DirectoryMirror(args.source, target, state_dir, concurrency=args.concurrency,
-                             deletes=cfg.sync.deletes != "keep")
+                             deletes=cfg.sync.deletes != "keep",
+                             reconcile_every=cfg.sync.reconcile_interval)
     return asyncio.run(_until_signal(mirror.run()))
 
 

@@ -30,7 +30,15 @@ def retryable(exc: BaseException) -> bool:
 
 async def retrying(on_error: Callable[[BaseException], None],
                    fn: Callable[P, Awaitable[T]], *args: P.args, **kw: P.kwargs) -> T:
-    """``await fn(*args, **kw)`` until it succeeds; ``on_error`` hears of each failure."""
+    """``await fn(*args, **kw)`` until it succeeds; ``on_error`` hears of each failure.
+    The first try runs bare: the retry machinery is set up only once something failed."""
+    try:
+        return await fn(*args, **kw)
+    except Exception as exc:
+        if not retryable(exc):
+            raise
+        log.warning("sync.retry", error=f"{type(exc).__name__}: {exc}", attempt=0)
+        on_error(exc)
 
     def failed(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
