@@ -74,7 +74,14 @@ class ChangeFeed:
                 delay, event_at = self.poll, float("-inf")
                 while True:
                     wake.clear()
-                    changes = await asyncio.to_thread(self._read, meta, cursor)
+                    read = asyncio.ensure_future(asyncio.to_thread(self._read, meta, cursor))
+                    try:
+                        changes = await asyncio.shield(read)
+                    except asyncio.CancelledError:
+                        # The thread is still using this connection: closing it under a
+                        # running query crashes SQLite (a segfault), so let the read finish.
+                        await asyncio.wait({read})
+                        raise
                     for change in changes:
                         yield change
                         cursor = change.seq

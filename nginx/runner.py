@@ -19,11 +19,12 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nginx.errors import NginxCommandError, NginxNotInstalled
-from nginx.render import TEMP_KINDS, Layout, render
+from nginx.render import TEMP_KINDS, Layout, Primary, render
 
 if TYPE_CHECKING:
     from origin.config import Config
@@ -56,10 +57,26 @@ def prepare(cfg: Config) -> Layout:
     return paths
 
 
-def check(cfg: Config) -> Path:
-    """Render ``cfg``, test it with ``nginx -t`` and install it as ``nginx.conf``; returns its
-    path. On failure nothing is installed and ``NginxCommandError`` carries nginx's message."""
-    text = render(cfg)
+def check(cfg: Config, primary: Primary = "cluster") -> Path:
+    """Render ``cfg`` (with ``primary`` as the upstream's primary side), test it with
+    ``nginx -t`` and install it as ``nginx.conf``; returns its path. On failure nothing is
+    installed and ``NginxCommandError`` carries nginx's message."""
+    with _tested(cfg, primary) as candidate:
+        os.replace(candidate, Layout(cfg.nginx.run_dir).conf)
+    return Layout(cfg.nginx.run_dir).conf
+
+
+def check_only(cfg: Config, primary: Primary = "cluster") -> None:
+    """``check`` without installing: whether nginx would accept the config for ``primary``."""
+    with _tested(cfg, primary):
+        pass
+
+
+@contextlib.contextmanager
+def _tested(cfg: Config, primary: Primary) -> Iterator[Path]:
+    """The rendered config in a candidate file next to ``nginx.conf`` that passed
+    ``nginx -t``; removed on exit unless the caller renamed it."""
+    text = render(cfg, primary)
     binary(cfg)  # before anything is written
     paths = prepare(cfg)
     # A candidate per process: two checks at once must not test each other's text.
@@ -67,16 +84,15 @@ def check(cfg: Config) -> Path:
     try:
         _write(candidate, text)
         _run(cfg, candidate, "-t", "-q")
-        os.replace(candidate, paths.conf)
+        yield candidate
     finally:
         candidate.unlink(missing_ok=True)
-    return paths.conf
 
 
-def start(cfg: Config) -> subprocess.Popen[bytes]:
+def start(cfg: Config, primary: Primary = "cluster") -> subprocess.Popen[bytes]:
     """Check and install the config, then run nginx in the foreground; stop it with
     ``stop``. Bind errors and the like show up as an early exit and in ``error.log``."""
-    conf = check(cfg)
+    conf = check(cfg, primary)
     try:
         return subprocess.Popen(
             [*_argv(cfg, conf), "-g", "daemon off;"],
@@ -87,13 +103,26 @@ def start(cfg: Config) -> subprocess.Popen[bytes]:
         raise NginxCommandError(f"cannot run {cfg.nginx.binary}: {exc}") from None
 
 
-def reload(cfg: Config) -> Path:
+def reload(cfg: Config, primary: Primary = "cluster") -> Path:
     """Check and install the config, then tell the running nginx to load it (graceful: old
     workers finish their requests). A config that fails ``nginx -t`` is never reloaded."""
     _require_running(Layout(cfg.nginx.run_dir))
-    conf = check(cfg)
+    conf = check(cfg, primary)
     _run(cfg, conf, "-s", "reload")
     return conf
+
+
+def running(cfg: Config) -> int | None:
+    """The pid of the nginx running on ``nginx.run_dir``, or None (no pid file, an empty one,
+    or one naming a process that is gone)."""
+    try:
+        pid = int(Layout(cfg.nginx.run_dir).pid.read_text().strip())
+        os.kill(pid, 0)
+    except PermissionError:  # running, as another user (root's nginx)
+        return pid
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

@@ -3,7 +3,13 @@
     tandem [--config FILE] config check|show
     tandem [--config FILE] cluster COMMAND …       (see cluster/cli.py)
     tandem [--config FILE] nginx render|check|reload (see nginx/cli.py)
+    tandem [--config FILE] sync run|status|verify    (see syncer/cli.py)
+    tandem [--config FILE] flip --to cluster|legacy [--dry-run] [--timeout S] | --abort
+                                                     (see syncer/flip.py)
     tandem [--config FILE] up [--no-demo]
+
+Cluster commands that change the namespace are refused while writers are fenced or the legacy
+directory is primary (``syncer.fence``).
 
 ``main(argv) -> int`` is what tests call. User errors print one line on stderr and exit 1.
 """
@@ -19,9 +25,16 @@ from cluster import cli as cluster_cli
 from cluster.config import ConfigError
 from cluster.errors import ClusterError
 from nginx import cli as nginx_cli
+from nginx import runner as nginx_runner
+from nginx.errors import NginxError
 from origin import config as config_mod
 from origin import logs
 from syncer import cli as sync_cli
+from syncer import fence, flip, state
+from syncer.errors import FlipError, SyncError
+
+# ``tandem cluster`` commands that change what the syncer mirrors.
+WRITE_COMMANDS = frozenset({"put", "rm", "mv", "mkdir", "snapshot"})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     cluster_cli.add_parser(sub)
     nginx_cli.add_parser(sub)
     sync_cli.add_parser(sub)
+    flip.add_parser(sub)
     o = sub.add_parser("origin", help="serve asset URLs from the cluster (or --legacy directory)")
     o.add_argument("--legacy", action="store_true",
                    help="serve the legacy directory (legacy.dir) on legacy.listen instead")
@@ -56,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     server = args.command in ("up", "origin") or (
         args.command == "cluster" and args.cmd == "serve"
     ) or (args.command == "sync" and args.action == "run")
-    logs.configure(cfg.log.level if server else "warning", role=args.command,
-                   to_stderr=not server)
+    # A flip is worth its log at the configured level (stderr; stdout is for people).
+    level = cfg.log.level if server or args.command == "flip" else "warning"
+    logs.configure(level, role=args.command, to_stderr=not server)
     try:
         if args.command == "config":
             if args.action == "show":
@@ -75,14 +90,48 @@ def main(argv: list[str] | None = None) -> int:
             return run(cfg, legacy=args.legacy, listen=args.listen, workers=args.workers)
         if args.command == "sync":
             return sync_cli.run(args, cfg)
+        if args.command == "flip":
+            return flip.run(args, cfg, NginxFront(cfg))
         if args.command == "nginx":
-            return nginx_cli.run(args, cfg)
+            return nginx_cli.run(args, cfg, state.read_primary(cfg.sync.state_dir))
+        if _writes(args):
+            refused = fence.refusal(cfg)
+            if refused is not None:
+                print(f"tandem: refused: {refused.message}", file=sys.stderr)
+                return fence.EX_TEMPFAIL if refused.retry_after is not None else 1
         return asyncio.run(cluster_cli.run(args, cfg.cluster))
-    except ClusterError as exc:
+    except (ClusterError, SyncError) as exc:
         print(f"tandem: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _writes(args: argparse.Namespace) -> bool:
+    return args.cmd in WRITE_COMMANDS or (args.cmd == "trash" and args.trash_cmd == "undel")
+
+
+class NginxFront:
+    """``nginx.runner`` as the flip's ``Front`` (the syncer imports no nginx)."""
+
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self.where = f"nginx on {cfg.nginx.run_dir}"
+
+    def running(self) -> int | None:
+        return nginx_runner.running(self.cfg)
+
+    def test(self, primary: state.Primary) -> None:
+        try:
+            nginx_runner.check_only(self.cfg, primary)
+        except NginxError as exc:
+            raise FlipError(f"nginx refuses the config for primary {primary}: {exc}") from None
+
+    def reload(self, primary: state.Primary) -> None:
+        try:
+            nginx_runner.reload(self.cfg, primary)
+        except NginxError as exc:
+            raise FlipError(f"nginx reload failed: {exc}") from None
 
 
 def entry() -> None:

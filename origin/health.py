@@ -16,6 +16,7 @@ from typing import Any
 
 from origin.config import Config
 from origin.sources import Source
+from syncer import fence
 
 
 def sync_status(cfg: Config) -> dict[str, Any] | None:
@@ -28,8 +29,9 @@ def sync_status(cfg: Config) -> dict[str, Any] | None:
 
 def problems(cfg: Config, source: Source) -> list[str]:
     out = source.ready()
-    if cfg.origin.fence_file.exists():
-        out.append(f"writers are fenced ({cfg.origin.fence_file} exists): a flip is running")
+    fenced = fence.read(cfg.origin.fence_file)
+    if fenced is not None:
+        out.append(fence.describe(fenced))
     st = sync_status(cfg)
     if st is not None:
         try:

@@ -7,7 +7,9 @@ cut upload changes nothing. A DELETE moves the file to the cluster's trash.
 
 Answers: 201 (created or replaced, with the new ETag), 204 (deleted), 401 (no or wrong token),
 403 (not a writable prefix), 404 (DELETE of nothing), 413 (over ``origin.max_upload``), 503
-(the master cannot be reached or refuses for storage reasons). Bodies are JSON with a message.
+(the master cannot be reached or refuses for storage reasons; writers are fenced by a flip —
+``"error": "fenced"`` with ``Retry-After`` —; or the legacy directory is primary and the
+cluster only its mirror — ``"error": "not_primary"``). Bodies are JSON with a message.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cluster.paths import join
 from cluster.remote import RemoteCluster
 from origin import semantics, urls
 from origin.config import Config
+from syncer import fence
 
 log = structlog.get_logger("origin")
 
@@ -57,6 +60,15 @@ class Writer:
         if not self.cfg.origin.writable(url_path) or found is None:
             return json({"error": "forbidden",
                          "message": "writes are not allowed under this URL"}, status=403)
+        refused = fence.refusal(self.cfg)
+        if refused is not None:
+            await _discard(request)
+            headers = {}
+            if refused.retry_after is not None:
+                headers["Retry-After"] = str(refused.retry_after)
+            log.info("origin.write_refused", path=request.path, reason=refused.reason)
+            return json({"error": refused.reason, "message": refused.message}, status=503,
+                        headers=headers)
         path = join(found[1])
         limit = self.cfg.origin.max_upload
         declared = request.headers.get("content-length")

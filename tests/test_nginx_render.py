@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nginxproc import Answer, FakeOrigin, Nginx, for_test, require_nginx
+from nginxproc import Answer, FakeOrigin, Nginx, for_test, free_port, require_nginx
 from procs import write_config
 
 from cluster.config import VolumeConfig
 from nginx import runner
 from nginx.errors import NginxCommandError, NginxConfigError, NginxNotInstalled
-from nginx.render import render
+from nginx.render import Primary, render
 from origin.cli import main
 from origin.config import Config, load
 from origin.settings import Route
@@ -343,3 +343,56 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def _cache_control(nginx: Nginx, target: str) -> str | None:
     return nginx.request("GET", target).headers.get("cache-control")
+
+
+# -- primary and backup ------------------------------------------------------------------------
+
+
+def _hp(listen: tuple[str, int]) -> str:
+    return f"{listen[0]}:{listen[1]}"
+
+
+def _legacy_at(cfg: Config, listen: tuple[str, int]) -> Config:
+    return dataclasses.replace(cfg, legacy=dataclasses.replace(cfg.legacy, listen=listen))
+
+
+def _reload(nginx: Nginx, cfg: Config, primary: Primary) -> None:
+    old_workers = nginx.workers()
+    runner.reload(cfg, primary)
+    _wait_for(lambda: not nginx.workers() & old_workers)
+
+
+def test_the_legacy_primary_and_the_backup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The upstream's primary side is an input: with the cluster primary the legacy origin is
+    the backup; with the legacy directory primary (after ``tandem flip --to legacy``) the
+    legacy origin is primary, the cluster origin the backup, and nothing is served from the
+    views (the cluster is then the mirror and may lag). A real nginx reloaded from one to the
+    other follows, and uses the backup when the primary is down. ``tandem nginx render``
+    renders the persisted primary."""
+    with FakeOrigin() as origin, FakeOrigin() as legacy:
+        cfg = _legacy_at(make_config(tmp_path, origin.listen), legacy.listen)
+        text, cluster_text = render(cfg, "legacy"), render(cfg)
+        assert f"server {_hp(legacy.listen)} max_fails=2 fail_timeout=30s;" in text
+        assert f"server {_hp(origin.listen)} backup;" in text
+        assert f"server {_hp(origin.listen)} max_fails=2 fail_timeout=30s;" in cluster_text
+        assert f"server {_hp(legacy.listen)} backup;" in cluster_text
+        assert "try_files" not in text and "try_files" in cluster_text
+        with pytest.raises(NginxConfigError, match="primary"):
+            render(cfg, "elsewhere")  # type: ignore[arg-type]
+        require_nginx(cfg)
+        put(cfg.cluster.volumes[0].path / "view/images/a.jpg", b"in the view")
+        legacy.answers["/images/a.jpg"] = Answer(200, {}, b"from the legacy origin")
+        origin.answers["/images/a.jpg"] = Answer(200, {}, b"from the cluster origin")
+        with Nginx(cfg) as nginx:
+            assert nginx.request("GET", "/images/a.jpg").body == b"in the view"
+            _reload(nginx, cfg, "legacy")
+            assert nginx.request("GET", "/images/a.jpg").body == b"from the legacy origin"
+            _reload(nginx, _legacy_at(cfg, ("127.0.0.1", free_port())), "legacy")  # down
+            assert nginx.request("GET", "/images/a.jpg").body == b"from the cluster origin"
+    toml = write_config(tmp_path, sections={"nginx": {"run_dir": str(tmp_path / "cli")}})
+    (tmp_path / "var" / "sync").mkdir(parents=True)
+    (tmp_path / "var" / "sync" / "primary").write_text("legacy\n")
+    assert main(["--config", str(toml), "nginx", "render"]) == 0
+    assert "# primary: legacy, backup: cluster" in capsys.readouterr().out
