@@ -9,22 +9,17 @@ makes it a 503 with the reasons in JSON.
 from __future__ import annotations
 
 import html
-import json
 import os
 import time
 from typing import Any
 
 from origin.config import Config
 from origin.sources import Source
-from syncer import fence
+from syncer import fence, state
 
 
 def sync_status(cfg: Config) -> dict[str, Any] | None:
-    try:
-        data = json.loads((cfg.sync.state_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return state.read_status(cfg.sync.state_dir)
 
 
 def problems(cfg: Config, source: Source) -> list[str]:

@@ -28,7 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from syncer.status import read_status
+from syncer.state import read_status
 
 REQUESTS = Counter("tandem_origin_requests_total", "HTTP requests answered", ["code"])
 BYTES = Counter("tandem_origin_sent_bytes_total", "Body bytes sent by the origin itself")
@@ -55,9 +55,8 @@ class SyncCollector(Collector):
         self.state_dir = state_dir
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            st = read_status(self.state_dir)
-        except (OSError, ValueError):
+        st = read_status(self.state_dir)
+        if st is None:
             return  # no syncer has run here yet: no sync metrics
         gauges = {
             "queue": ("Changes waiting to be applied", st.get("queue")),

@@ -30,8 +30,7 @@ from syncer import daemon
 from syncer.cluster_mirror import ClusterMirror
 from syncer.cluster_target import ClusterTarget
 from syncer.dir_mirror import DirectoryMirror
-from syncer.state import DIRECTIONS, read_primary
-from syncer.status import read_status
+from syncer.state import DIRECTIONS, read_primary, read_status
 from syncer.target import DeletePolicy, DirectoryTarget, DirectoryTargetAsync
 from syncer.tree import Target
 from syncer.verify import verify, verify_dirs
@@ -68,11 +67,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 2
     state_dir = args.state_dir or _state_dir(args, cfg)
     if args.action == "status":
-        try:
-            print(json.dumps(read_status(state_dir), indent=2))
-        except (OSError, ValueError) as exc:
-            print(f"tandem: no sync status yet ({exc})", file=sys.stderr)
+        st = read_status(state_dir)
+        if st is None:
+            print(f"tandem: no sync status in {state_dir} yet", file=sys.stderr)
             return 1
+        if args.source is None:
+            st = {"primary": read_primary(state_dir), **st}
+        print(json.dumps(st, indent=2))
         return 0
     if args.action == "verify":
         return asyncio.run(_verify(args, cfg))

@@ -28,9 +28,10 @@ from cluster.changelog import ChangeFeed
 from cluster.errors import ChangelogTrimmed, NotFound
 from cluster.meta import Change, Entry
 from cluster.remote import RemoteCluster
+from syncer import state
 from syncer.errors import SyncError
 from syncer.retry import retrying
-from syncer.status import Status, atomic_write
+from syncer.status import Status
 from syncer.target import DirectoryTarget
 from syncer.tree import Item, topmost
 
@@ -46,7 +47,6 @@ class ClusterMirror:
         self.feed = ChangeFeed(meta_dir)
         self.target = target
         self.state_dir = state_dir
-        self.cursor_file = state_dir / "cursor"
         self.counters = {"files_copied": 0, "deleted": 0, "renamed": 0, "changes": 0,
                          "full_passes": 0, "errors": 0}
         self.status = Status(state_dir, "cluster->legacy", "cluster",
@@ -60,7 +60,7 @@ class ClusterMirror:
 
     async def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cursor = self._load_cursor()
+        cursor = state.read_cursor(self.state_dir)
         while True:
             try:
                 if cursor is None:
@@ -198,14 +198,8 @@ class ClusterMirror:
 
     # -- state ------------------------------------------------------------------------------
 
-    def _load_cursor(self) -> int | None:
-        try:
-            return int(self.cursor_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
     def _save_cursor(self, seq: int) -> None:
-        atomic_write(self.cursor_file, f"{seq}\n".encode())
+        state.write_cursor(self.state_dir, seq)
         self.cursor = seq
 
     def lag_seconds(self) -> float:

@@ -17,27 +17,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from syncer.state import atomic_write
 
 EVERY = 0.5
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temporary file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_status(state_dir: Path) -> dict[str, Any]:
-    """The last status written; raises ``OSError`` / ``ValueError`` when there is none."""
-    body = json.loads((state_dir / "status.json").read_text())
-    if not isinstance(body, dict):
-        raise ValueError("status.json is not an object")
-    return body
 
 
 class Status:
@@ -79,4 +62,4 @@ class Status:
             "updated": time.time(),
             "pid": os.getpid(),
         }
-        atomic_write(self.file, json.dumps(body).encode())
+        atomic_write(self.file, json.dumps(body).encode(), durable=False)
