@@ -37,7 +37,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import resource
@@ -55,8 +54,11 @@ from typing import Any
 import structlog
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, REPO / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from workload import KIB, MIB, SIZE_MAX, SIZE_MEDIAN, SIZE_MIN, SIZE_SIGMA, file_size  # noqa: E402
 
 from cluster import schema  # noqa: E402
 from cluster.config import ClusterConfig, VolumeConfig  # noqa: E402
@@ -64,11 +66,6 @@ from cluster.master import Master  # noqa: E402
 from cluster.meta import Kind, Meta, pack_ids  # noqa: E402
 from origin import config as origin_config  # noqa: E402
 
-KIB = 1024
-MIB = 1 << 20
-SIZE_MEDIAN = 12 * KIB
-SIZE_SIGMA = 1.0
-SIZE_MIN, SIZE_MAX = 2 * KIB, 300 * KIB
 TOP_DIRS, SUB_DIRS = 10, 100  # 10 × 100 = 1,000 leaf directories
 EXTS = (".jpg", ".png", ".js", ".css", ".webp", ".svg", ".woff2", ".json")
 TARGETS = {"put_goal1_ratio": 0.8, "put_goal2_ratio": 0.5, "get_ratio": 0.8}
@@ -103,11 +100,6 @@ def file_name(rng: random.Random, i: int) -> tuple[str, str]:
     folder = f"static/s{d // SUB_DIRS:02d}/d{d % SUB_DIRS:03d}"
     name = f"{i:07d}-{rng.getrandbits(32):08x}{rng.choice(EXTS)}"
     return folder, name
-
-
-def file_size(rng: random.Random) -> int:
-    size = int(rng.lognormvariate(math.log(SIZE_MEDIAN), SIZE_SIGMA))
-    return max(SIZE_MIN, min(SIZE_MAX, size))
 
 
 def make_files(n: int, seed: int) -> list[File]:

@@ -82,7 +82,8 @@ for _p in (REPO, REPO / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from cluster_bench import KIB, MIB, File, make_files, quiet_logs  # noqa: E402
+from cluster_bench import File, make_files, quiet_logs  # noqa: E402
+from workload import KIB, MIB  # noqa: E402
 
 from cluster import schema  # noqa: E402
 from cluster.master import Master  # noqa: E402
