@@ -46,6 +46,7 @@ from syncer.tree import (
     SourceChanged,
     Target,
     enable_leases,
+    leases_enabled,
     lstat_item,
     sha256_file,
     topmost,
@@ -58,6 +59,8 @@ log = structlog.get_logger("syncer")
 SETTLE = 0.5  # seconds a file found by a scan (not closed under our eyes) must be quiet
 MAX_PENDING = 200_000
 BATCH = 512  # staged copies per commit, at most
+BATCH_FILES = 128  # plain copies handed to the target's thread at once
+BATCHES = 2  # batches in flight (more threads only fight over the GIL)
 COMMIT_WAIT = 0.005  # seconds a commit waits for copies still running to join it
 
 
@@ -67,12 +70,19 @@ class Work:
     deep: bool = False  # a folder: compare everything below it too
     check: bool = False  # copy only if the target differs (quick check)
     settle: bool = False  # a file: copy only once it has been quiet for SETTLE
+    single: bool = False  # not in a batch: a batch found it is not a plain file copy
 
     def merge(self, other: Work) -> None:
         self.since = min(self.since, other.since)
         self.deep |= other.deep
         self.check &= other.check
         self.settle &= other.settle
+        self.single |= other.single
+
+    @property
+    def plain(self) -> bool:
+        """Copy it, whatever is on the target: can go in a batch."""
+        return not (self.deep or self.check or self.settle or self.single)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,7 @@ class DirectoryMirror:
         self._finished = asyncio.Event()
         self._staged_event = asyncio.Event()
         self._rescan = asyncio.Event()
+        self._batch_slots = asyncio.Semaphore(BATCHES)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- entry points -------------------------------------------------------------------------
@@ -281,15 +292,50 @@ class DirectoryMirror:
                 self._finished.set()
                 continue
             assert isinstance(key, bytes)
-            self._inflight[key] = job.since
+            batch = [(key, job)]
+            batched = job.plain and hasattr(self.target, "put_many")
+            if batched:
+                batch += self._take_plain(BATCH_FILES - 1)
+            for rel, work in batch:
+                self._inflight[rel] = work.since
             try:
-                await self._guard((key,), self._sync(key, job))
+                if batched:
+                    await self._guard(tuple(r for r, _ in batch), self._copy_batch(batch))
+                else:
+                    await self._guard((key,), self._sync(key, job))
             finally:
-                del self._inflight[key]
-                again = self._again.pop(key, None)
-                if again is not None:
-                    self._add(key, again)
+                for rel, _ in batch:
+                    del self._inflight[rel]
+                    again = self._again.pop(rel, None)
+                    if again is not None:
+                        self._add(rel, again)
                 self._finished.set()
+
+    def _take_plain(self, limit: int) -> list[tuple[bytes, Work]]:
+        """More plain copies from the front of the queue (up to the first other kind)."""
+        out: list[tuple[bytes, Work]] = []
+        while self._pending and len(out) < limit:
+            key, job = next(iter(self._pending.items()))
+            if not (isinstance(key, bytes) and isinstance(job, Work) and job.plain):
+                break
+            self._pending.popitem(last=False)
+            out.append((key, job))
+        return out
+
+    async def _copy_batch(self, batch: list[tuple[bytes, Work]]) -> None:
+        """Plain copies, on the target's thread in one go; what turns out not to be a plain
+        copy comes back to be looked at one by one."""
+        since = {rel: work.since for rel, work in batch}
+        async with self._batch_slots:
+            done = await self.target.put_many(self.root, list(since))  # type: ignore[attr-defined]
+        for rel, size in done.copied:
+            self._copied(size, since[rel])
+        for rel in done.changed:
+            self._add(rel, Work(since[rel], check=True, settle=True))
+        for rel in done.other:
+            self._add(rel, Work(since[rel], single=True))
+        if done.error is not None:
+            self._error(done.error)
 
     async def _guard(self, rels: tuple[bytes, ...], work: Awaitable[None]) -> None:
         """Run one piece of work; a bug in it is logged and its paths looked at again later,
@@ -332,7 +378,7 @@ class DirectoryMirror:
             return
         if item.kind == "other":
             raise Skipped(f"{os.fsdecode(rel)}: not a regular file, folder or link")
-        if work.settle:
+        if work.settle and not leases_enabled():  # a lease tells it is closed: see _copy
             quiet = (time.time_ns() - item.mtime_ns) / 1e9
             if quiet < SETTLE:
                 self._defer(rel, work, SETTLE - quiet)
@@ -346,15 +392,18 @@ class DirectoryMirror:
         try:
             await retrying(self._error, self.target.put_file, rel, source, item)
         except SourceChanged:
-            self._add(rel, Work(work.since, check=True, settle=True))
+            self._defer(rel, Work(work.since, check=True, settle=True), SETTLE)
             return
+        self._copied(item.size, work.since)
+
+    def _copied(self, size: int, since: float) -> None:
         self.counters["files_copied"] += 1
-        self.counters["bytes_copied"] += item.size
+        self.counters["bytes_copied"] += size
         if self.progress is not None:
-            self.progress(item.size)
+            self.progress(size)
         if self.target.staged():
             if self._staged_since is None:
-                self._staged_since = work.since
+                self._staged_since = since
             self._staged_event.set()
 
     async def _same(self, rel: bytes, source: bytes, item: Item, there: Item | None) -> bool:

@@ -30,10 +30,11 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from cluster.volume import syncfs
-from syncer.errors import CommitFailed, Skipped, TargetError
+from syncer.errors import CommitFailed, Skipped, SyncError, TargetError
 from syncer.tree import Item, SourceChanged, lstat_item, read_lease, sha256_file, walk
 
 TMP = b".tandem-sync."  # prefix of a file being written; never a final name
@@ -49,6 +50,16 @@ def check_rel(rel: bytes) -> bytes:
     if not parts or b".." in parts:
         raise Skipped(f"path leaves the root or is empty: {rel!r}")
     return b"/".join(parts)
+
+
+@dataclass
+class Staged:
+    """What ``stage_many`` did."""
+
+    copied: list[tuple[bytes, int]] = field(default_factory=list)  # (path, size)
+    changed: list[bytes] = field(default_factory=list)  # changed during the copy
+    other: list[bytes] = field(default_factory=list)  # not a regular file, or not done
+    error: SyncError | None = None
 
 
 class DirectoryTarget:
@@ -140,6 +151,29 @@ class DirectoryTarget:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _target_error(exc, f"write {os.fsdecode(rel)}") from None
+
+    def stage_many(self, root: bytes, rels: list[bytes]) -> Staged:
+        """``stage_copy`` for each regular file ``root/rel`` in turn, on one thread (a burst
+        costs one hand-off per batch, not per file). What is not a regular file now, or
+        changed during its copy, is returned to be looked at one by one; a target error
+        stops the batch and is returned with the paths not done."""
+        out = Staged()
+        for i, rel in enumerate(rels):
+            source = root + b"/" + rel
+            item = lstat_item(source)
+            if item is None or item.kind != "file":
+                out.other.append(rel)
+                continue
+            try:
+                self.stage_copy(rel, source, item)
+            except SourceChanged:
+                out.changed.append(rel)
+            except (TargetError, Skipped) as exc:
+                out.error, out.other = exc, out.other + rels[i:]
+                break
+            else:
+                out.copied.append((rel, item.size))
+        return out
 
     def staged(self) -> int:
         return len(self._staged)
@@ -375,6 +409,9 @@ class DirectoryTargetAsync:
 
     async def put_file(self, rel: bytes, source: bytes, item: Item) -> None:
         await asyncio.to_thread(self.sync.stage_copy, rel, source, item)
+
+    async def put_many(self, root: bytes, rels: list[bytes]) -> Staged:
+        return await asyncio.to_thread(self.sync.stage_many, root, rels)
 
     async def put_link(self, rel: bytes, link: bytes) -> None:
         await asyncio.to_thread(self.sync.symlink, rel, link)

@@ -127,6 +127,10 @@ def enable_leases() -> bool:
     return True
 
 
+def leases_enabled() -> bool:
+    return _leases
+
+
 class Lease:
     def __init__(self) -> None:
         self.breaks = _breaks
