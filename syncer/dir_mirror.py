@@ -58,7 +58,8 @@ log = structlog.get_logger("syncer")
 
 SETTLE = 0.5  # seconds a file found by a scan (not closed under our eyes) must be quiet
 MAX_PENDING = 200_000
-BATCH = 512  # staged copies per commit, at most
+BATCH = 512  # staged copies per commit, at most (following changes)
+FULL_BATCH = 8192  # the same for a full pass: fewer, bigger flushes
 BATCH_FILES = 128  # plain copies handed to the target's thread at once
 BATCHES = 2  # batches in flight (more threads only fight over the GIL)
 COMMIT_WAIT = 0.005  # seconds a commit waits for copies still running to join it
@@ -129,6 +130,7 @@ class DirectoryMirror:
         self._staged_event = asyncio.Event()
         self._rescan = asyncio.Event()
         self._batch_slots = asyncio.Semaphore(BATCHES)
+        self._commit_batch, self._commit_wait = BATCH, COMMIT_WAIT
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- entry points -------------------------------------------------------------------------
@@ -160,6 +162,7 @@ class DirectoryMirror:
         """One full pass (``tandem sync full``): copy what differs, delete extras if
         ``deletes``, make it durable, return the counters."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._commit_batch, self._commit_wait = FULL_BATCH, 1.0  # nobody reads it meanwhile
         self._start_workers()
         try:
             await self.reconcile()
@@ -434,8 +437,8 @@ class DirectoryMirror:
             await self._staged_event.wait()
             self._staged_event.clear()
             with contextlib.suppress(TimeoutError):  # let running copies join the batch
-                async with asyncio.timeout(COMMIT_WAIT):
-                    while self._inflight and self.target.staged() < BATCH:
+                async with asyncio.timeout(self._commit_wait):
+                    while self._inflight and self.target.staged() < self._commit_batch:
                         self._finished.clear()
                         await self._finished.wait()
             self._staged_since = None
@@ -481,8 +484,10 @@ class DirectoryMirror:
                 continue
             if item.kind == "dir" and there is not None and there.kind == "dir":
                 continue  # folders: only their existence is mirrored
-            # A file that looks the same is only queued for its checksum comparison.
-            self._add(rel, Work(now, check=same, settle=item.kind == "file"))
+            # A file that looks the same is only queued for its checksum comparison. One that
+            # may be being written waits to be quiet unless a lease can tell (see _sync).
+            settle = item.kind == "file" and not leases_enabled()
+            self._add(rel, Work(now, check=same, settle=settle))
             self.planned_bytes += item.size
             queued += 1
         if self.deletes:

@@ -39,6 +39,7 @@ from syncer.tree import Item, SourceChanged, lstat_item, read_lease, sha256_file
 
 TMP = b".tandem-sync."  # prefix of a file being written; never a final name
 TRASH = b".tandem-trash"  # the folder the ``trash`` delete policy moves deletions to
+FLUSH_FOLDERS = 16  # more folders to flush than this: one syncfs instead of an fsync each
 DeletePolicy = Literal["delete", "trash", "keep"]
 
 
@@ -328,9 +329,15 @@ class DirectoryTarget:
             self._dirty.add(folder)
 
     def flush(self) -> None:
-        """Make the renames since the last flush durable: fsync each folder touched."""
+        """Make the renames since the last flush durable: fsync each folder touched, or the
+        whole filesystem at once (syncfs) when many were."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
+        if len(dirty) > FLUSH_FOLDERS:
+            dirty = {self.root}
+            sync = syncfs
+        else:
+            sync = os.fsync
         for folder in sorted(dirty):
             try:
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -339,9 +346,9 @@ class DirectoryTarget:
             except OSError as exc:
                 raise _target_error(exc, f"open folder {os.fsdecode(folder)}") from None
             try:
-                os.fsync(fd)
+                sync(fd)
             except OSError as exc:
-                raise _target_error(exc, f"fsync folder {os.fsdecode(folder)}") from None
+                raise _target_error(exc, f"sync folder {os.fsdecode(folder)}") from None
             finally:
                 os.close(fd)
 
