@@ -15,14 +15,12 @@ import os
 import signal
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 Kind = Literal["file", "dir", "link", "other"]
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):  # a tuple: a scan makes tens of thousands of these
     kind: Kind
     size: int = 0
     mtime_ns: int = 0
@@ -31,21 +29,20 @@ class Item:
 
     def same(self, other: Item | None) -> bool:
         """Equal for the mirror's quick check (rsync's default): kind, size, mtime, mode."""
-        return other is not None and (self.kind, self.size, self.mtime_ns, self.mode,
-                                      self.link) == (other.kind, other.size, other.mtime_ns,
-                                                     other.mode, other.link)
+        return self == other
 
 
 def item_of(st: os.stat_result, path: bytes | None = None) -> Item:
     """The ``Item`` for an ``lstat`` result (``path`` is needed to read a link's target)."""
     mode = st.st_mode
-    if stat.S_ISREG(mode):
-        return Item("file", st.st_size, st.st_mtime_ns, stat.S_IMODE(mode))
-    if stat.S_ISDIR(mode):
-        return Item("dir", 0, st.st_mtime_ns, stat.S_IMODE(mode))
-    if stat.S_ISLNK(mode) and path is not None:
+    fmt = stat.S_IFMT(mode)
+    if fmt == stat.S_IFREG:
+        return Item("file", st.st_size, st.st_mtime_ns, mode & 0o7777)
+    if fmt == stat.S_IFDIR:
+        return Item("dir", 0, st.st_mtime_ns, mode & 0o7777)
+    if fmt == stat.S_IFLNK and path is not None:
         return Item("link", 0, 0, 0, os.readlink(path))
-    return Item("other", 0, st.st_mtime_ns, stat.S_IMODE(mode))
+    return Item("other", 0, st.st_mtime_ns, mode & 0o7777)
 
 
 def lstat_item(path: bytes) -> Item | None:
@@ -73,6 +70,7 @@ def walk(root: bytes, under: bytes = b"", *, skip: frozenset[bytes] = frozenset(
     while stack:
         rel_dir = stack.pop()
         folder = root + b"/" + rel_dir if rel_dir else root
+        prefix = rel_dir + b"/" if rel_dir else b""
         try:
             it = os.scandir(folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -81,12 +79,11 @@ def walk(root: bytes, under: bytes = b"", *, skip: frozenset[bytes] = frozenset(
             for e in it:
                 if skip_prefix is not None and e.name.startswith(skip_prefix):
                     continue
-                rel = rel_dir + b"/" + e.name if rel_dir else e.name
+                rel = prefix + e.name
                 if rel in skip:
                     continue
                 try:
-                    st = e.stat(follow_symlinks=False)
-                    item = item_of(st, e.path)
+                    item = item_of(e.stat(follow_symlinks=False), e.path)
                 except (FileNotFoundError, NotADirectoryError):
                     continue
                 yield rel, item
