@@ -63,6 +63,13 @@ class ChangeFeed:
             meta.db.execute("COMMIT")
 
     async def follow(self, cursor: int) -> AsyncIterator[Change]:
+        async for changes in self.follow_batches(cursor):
+            for change in changes:
+                yield change
+
+    async def follow_batches(self, cursor: int) -> AsyncIterator[list[Change]]:
+        """``follow``, a list at a time: the changes there are when it looks (at most
+        ``batch``), so a consumer can apply them together and save its cursor once."""
         wake = asyncio.Event()
         wm = pyinotify.WatchManager()
         notifier = pyinotify.AsyncioNotifier(
@@ -82,9 +89,9 @@ class ChangeFeed:
                         # running query crashes SQLite (a segfault), so let the read finish.
                         await asyncio.wait({read})
                         raise
-                    for change in changes:
-                        yield change
-                        cursor = change.seq
+                    if changes:
+                        yield changes
+                        cursor = changes[-1].seq
                     if len(changes) < self.batch:
                         try:
                             async with asyncio.timeout(delay):  # wait_for can lose a cancel

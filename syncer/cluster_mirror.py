@@ -9,6 +9,11 @@ change twice is harmless, so the cursor is saved after the target is flushed: a 
 re-applies at most the changes since the last save. A cursor behind the changelog's
 retention, or no cursor at all, means a full pass first.
 
+Changes come in batches (what the changelog holds when the mirror looks, up to 1,000): puts
+of different paths are copied ``COPIES`` at a time, a path put several times is copied once,
+other changes keep their order, and the whole batch is made durable with one syncfs (the
+copies are staged, then renamed into place) before the cursor moves past it.
+
 Bytes stream from the master in pieces into the target's atomic writer on a thread; memory
 per file is bounded by a small queue of pieces.
 """
@@ -19,8 +24,9 @@ import asyncio
 import os
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -38,6 +44,10 @@ from syncer.tree import Item, topmost
 log = structlog.get_logger("syncer")
 
 _END = object()
+T = TypeVar("T")
+COPIES = 4  # files copied at once (each holds a worker thread while it writes)
+WHOLE = 4 << 20  # files up to this size are read whole, then written in one go
+FULL_BATCH = 4096  # copies of a full pass made durable together
 
 
 class ClusterMirror:
@@ -73,14 +83,19 @@ class ClusterMirror:
     async def _follow(self, cursor: int) -> None:
         self.cursor = cursor
         self._status(force=True)
-        async for change in self.feed.follow(cursor):
-            self.oldest_pending_ms = change.ts_ms
-            await retrying(self._error, self.apply, change)
-            self.counters["changes"] += 1
-            await asyncio.to_thread(self.target.flush)
-            self._save_cursor(change.seq)
+        async for batch in self.feed.follow_batches(cursor):
+            self.oldest_pending_ms = batch[0].ts_ms
+            await retrying(self._error, self.apply_batch, batch)
+            await retrying(self._error, self._durable)
+            self.counters["changes"] += len(batch)
+            self._save_cursor(batch[-1].seq)
             self.oldest_pending_ms = None
             self._status()
+
+    async def _durable(self) -> None:
+        """Staged copies into place (one syncfs for all of them), folders flushed."""
+        await asyncio.to_thread(self.target.commit)
+        await asyncio.to_thread(self.target.flush)
 
     def _error(self, exc: BaseException) -> None:
         self.counters["errors"] += 1
@@ -88,6 +103,23 @@ class ClusterMirror:
         self._status(force=True)
 
     # -- applying changes -------------------------------------------------------------------
+
+    async def apply_batch(self, batch: list[Change]) -> None:
+        """Apply changes in order. Puts run ``COPIES`` at a time, a path put several times is
+        copied once (each copy re-reads the current state), and any other change waits for
+        the puts before it."""
+        puts: dict[bytes, None] = {}
+        for c in batch:
+            if c.op in ("put", "undelete"):
+                puts[c.path] = None
+                continue
+            await self._copy_trees(list(puts))
+            puts.clear()
+            await self.apply(c)
+        await self._copy_trees(list(puts))
+
+    async def _copy_trees(self, paths: list[bytes]) -> None:
+        await _together(self.copy_tree, paths)
 
     async def apply(self, c: Change) -> None:
         if c.op in ("put", "undelete"):
@@ -126,32 +158,36 @@ class ClusterMirror:
         return st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
 
     async def copy_file(self, e: Entry) -> None:
+        """Copy one file from the master into a staged temporary file (``_durable`` puts it
+        in place): a small one in one piece, a big one streamed through a bounded queue."""
+        rel = _rel(e.path)
+        if e.size <= WHOLE:
+            data = b"".join([piece async for piece in self.master.read(e.path)])
+            await asyncio.to_thread(self.target.write, rel, [data], mtime_ns=e.mtime_ns,
+                                    mode=e.mode, stage=True)
+        else:
+            await self._stream(rel, e)
+        self.counters["files_copied"] += 1
+        if self.progress is not None:
+            self.progress(e.size)
+
+    async def _stream(self, rel: bytes, e: Entry) -> None:
         pieces: queue.Queue[object] = queue.Queue(maxsize=4)
 
         def write() -> int:
-            return self.target.write(_rel(e.path), _drain(pieces), mtime_ns=e.mtime_ns,
-                                     mode=e.mode)
+            return self.target.write(rel, _drain(pieces), mtime_ns=e.mtime_ns, mode=e.mode,
+                                     stage=True)
 
         writer = asyncio.create_task(asyncio.to_thread(write))
         try:
             async for piece in self.master.read(e.path):
-                while True:
-                    try:
-                        pieces.put_nowait(piece)
-                        break
-                    except queue.Full:
-                        if writer.done():
-                            break
-                        await asyncio.sleep(0.001)
-            await asyncio.to_thread(pieces.put, _END)
+                await _offer(pieces, piece, writer)
+            await _offer(pieces, _END, writer)
         except BaseException:
-            await asyncio.to_thread(pieces.put, _ABORT)
+            await _offer(pieces, _ABORT, writer)
             await asyncio.gather(writer, return_exceptions=True)
             raise
         await writer
-        self.counters["files_copied"] += 1
-        if self.progress is not None:
-            self.progress(e.size)
 
     # -- the full pass ----------------------------------------------------------------------
 
@@ -169,7 +205,7 @@ class ClusterMirror:
         self.oldest_pending_ms = time.time_ns() // 1_000_000
         self._status(force=True)
         await retrying(self._error, self._full_pass, checksum, delete)
-        await asyncio.to_thread(self.target.flush)
+        await retrying(self._error, self._durable)
         self._save_cursor(start)
         self.oldest_pending_ms = None
         self.counters["full_passes"] += 1
@@ -189,8 +225,9 @@ class ClusterMirror:
                 continue
             todo.append(e)
         self.planned_bytes = sum(e.size for e in todo)
-        for e in todo:
-            await self.copy_file(e)
+        for i in range(0, len(todo), FULL_BATCH):
+            await _together(self.copy_file, todo[i:i + FULL_BATCH])
+            await self._durable()
         if delete:
             for rel in topmost(have.keys() - want.keys()):
                 if await asyncio.to_thread(self.target.delete, rel):
@@ -220,6 +257,34 @@ class ClusterMirror:
 
 
 _ABORT = object()
+
+
+async def _together(fn: Callable[[T], Awaitable[None]], items: list[T]) -> None:
+    """``fn`` on each item, ``COPIES`` at a time; the first failure cancels the rest and is
+    raised as itself (the retry layer looks at its type)."""
+    slots = asyncio.Semaphore(COPIES)
+
+    async def one(item: T) -> None:
+        async with slots:
+            await fn(item)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for item in items:
+                tg.create_task(one(item))
+    except ExceptionGroup as group:
+        raise group.exceptions[0] from None
+
+
+async def _offer(pieces: queue.Queue[object], item: object, writer: asyncio.Task[int]) -> None:
+    """Put ``item`` in the queue without blocking the loop (nor a thread), unless the writer
+    has stopped."""
+    while not writer.done():
+        try:
+            pieces.put_nowait(item)
+            return
+        except queue.Full:
+            await asyncio.sleep(0.001)
 
 
 def _drain(pieces: queue.Queue[object]) -> Iterator[bytes]:

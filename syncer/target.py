@@ -29,7 +29,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,27 +78,31 @@ class DirectoryTarget:
     def path(self, rel: bytes) -> bytes:
         return self.root + b"/" + check_rel(rel)
 
-    def write(self, rel: bytes, pieces: Iterable[bytes], *, mtime_ns: int, mode: int) -> int:
-        """Replace ``rel`` with the bytes of ``pieces``, atomically; returns the size."""
+    def write(self, rel: bytes, pieces: Iterable[bytes], *, mtime_ns: int, mode: int,
+              stage: bool = False) -> int:
+        """Replace ``rel`` with the bytes of ``pieces``, atomically: fsynced and renamed into
+        place now, or with ``stage`` left for ``commit`` (one flush for a batch). Returns the
+        size."""
         final = self.path(rel)
         folder = os.path.dirname(final)
-        tmp = folder + b"/" + TMP + os.urandom(6).hex().encode()
+        tmp = self._tmp_name(folder)
+        size = 0
+
+        def fill(fd: int) -> None:
+            nonlocal size
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    size += n
+
+        self._write_tmp(rel, folder, tmp, fill, Item("file", 0, mtime_ns, mode), fsync=not stage)
+        if stage:
+            with self._lock:
+                self._staged.append((rel, tmp, final))
+            return size
         try:
-            self._make_dirs(folder)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                size = 0
-                for piece in pieces:
-                    view = memoryview(piece)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                        size += n
-                os.fchmod(fd, mode & 0o7777)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             if os.path.isdir(final) and not os.path.islink(final):
                 shutil.rmtree(final)  # a directory became a file
             os.rename(tmp, final)
@@ -106,10 +110,6 @@ class DirectoryTarget:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _target_error(exc, f"write {os.fsdecode(rel)}") from None
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
         self._touch(folder)
         return size
 
@@ -120,7 +120,7 @@ class DirectoryTarget:
         ``item`` any more, or changes during the copy."""
         final = self.path(rel)
         folder = os.path.dirname(final)
-        tmp = folder + b"/" + TMP + os.urandom(6).hex().encode()
+        tmp = self._tmp_name(folder)
         try:
             src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
@@ -129,7 +129,8 @@ class DirectoryTarget:
             with read_lease(src, source):
                 if not _is(os.fstat(src), item):
                     raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
-                self._write_tmp(rel, src, item, folder, tmp)
+                self._write_tmp(rel, folder, tmp, lambda fd: _copy_fd(src, fd, item.size),
+                                item, fsync=False)
                 if not _is(os.fstat(src), item):
                     os.unlink(tmp)
                     raise SourceChanged(f"{os.fsdecode(source)} changed during the copy")
@@ -138,20 +139,33 @@ class DirectoryTarget:
         with self._lock:
             self._staged.append((rel, tmp, final))
 
-    def _write_tmp(self, rel: bytes, src: int, item: Item, folder: bytes, tmp: bytes) -> None:
+    @staticmethod
+    def _tmp_name(folder: bytes) -> bytes:
+        return folder + b"/" + TMP + os.urandom(6).hex().encode()
+
+    def _write_tmp(self, rel: bytes, folder: bytes, tmp: bytes, fill: Callable[[int], None],
+                   item: Item, *, fsync: bool) -> None:
+        """``tmp`` made in ``folder`` (created if needed), filled, given ``item``'s mode and
+        mtime, fsynced if asked; removed again on any failure."""
         try:
             self._make_dirs(folder)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                _copy_fd(src, fd, item.size)
+                fill(fd)
                 os.fchmod(fd, item.mode & 0o7777)
                 os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
+                if fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _target_error(exc, f"write {os.fsdecode(rel)}") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def stage_many(self, root: bytes, rels: list[bytes]) -> Staged:
         """``stage_copy`` for each regular file ``root/rel`` in turn, on one thread (a burst
@@ -266,7 +280,7 @@ class DirectoryTarget:
         if link_target.startswith(b"/") or not (inside + b"/").startswith(self.root + b"/"):
             raise Skipped(f"symbolic link {rel!r} -> {link_target!r} leads out of the root")
         folder = os.path.dirname(final)
-        tmp = folder + b"/" + TMP + os.urandom(6).hex().encode()
+        tmp = self._tmp_name(folder)
         try:
             self._make_dirs(folder)
             os.symlink(link_target, tmp)
