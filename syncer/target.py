@@ -102,16 +102,21 @@ class DirectoryTarget:
             with self._lock:
                 self._staged.append((rel, tmp, final))
             return size
+        self._place(rel, tmp, final, "write")
+        return size
+
+    def _place(self, rel: bytes, tmp: bytes, final: bytes, what: str) -> None:
+        """Rename ``tmp`` over ``final`` (a folder there is replaced); ``tmp`` is removed if
+        that fails."""
         try:
             if os.path.isdir(final) and not os.path.islink(final):
-                shutil.rmtree(final)  # a directory became a file
+                shutil.rmtree(final)  # a folder became a file or a link
             os.rename(tmp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise _target_error(exc, f"write {os.fsdecode(rel)}") from None
-        self._touch(folder)
-        return size
+            raise _target_error(exc, f"{what} {os.fsdecode(rel)}") from None
+        self._touch(os.path.dirname(final))
 
     def stage_copy(self, rel: bytes, source: bytes, item: Item) -> None:
         """Copy the local file ``source`` (expected to be ``item``) to a temporary name beside
@@ -284,12 +289,9 @@ class DirectoryTarget:
         try:
             self._make_dirs(folder)
             os.symlink(link_target, tmp)
-            os.rename(tmp, final)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise _target_error(exc, f"symlink {os.fsdecode(rel)}") from None
-        self._touch(folder)
+        self._place(rel, tmp, final, "symlink")
 
     def delete(self, rel: bytes) -> bool:
         """Apply the delete policy to ``rel`` (file or tree); False when it was not there."""
