@@ -49,7 +49,9 @@ def mirror_for(cfg: Config, master: RemoteCluster, primary: Primary) -> Mirror:
         return ClusterMirror(master, cfg.cluster.meta_dir, target, cfg.sync.state_dir)
     return DirectoryMirror(cfg.legacy.dir, ClusterTarget(master), cfg.sync.state_dir,
                            direction=state.DIRECTIONS["legacy"],
-                           deletes=cfg.sync.deletes != "keep")
+                           deletes=cfg.sync.deletes != "keep",
+                           concurrency=cfg.sync.concurrency,
+                           reconcile_every=cfg.sync.reconcile_interval)
 
 
 async def run(cfg: Config) -> int:
