@@ -12,26 +12,53 @@ nginx 1.22; the behaviours are pinned by ``tests/test_nginx_render.py``):
   ``.`` stops at a decoded newline and ``/images/a.jpg%0Ab.jpg`` would serve ``a.jpg``.
 - **GET/HEAD from the views, every other method to the origin**: nginx's static handler
   answers 405 to any method but GET/HEAD on a file it found, and ``error_page 405 =
-  @tandem_origin`` hands that request — method, URI and unread body intact — to the origin;
-  a missing file reaches the origin through ``try_files`` whatever the method. ``limit_except
+  @tandem_write`` hands that request — method, URI and unread body intact — to the primary
+  origin; a missing file reaches ``@tandem_origin`` through ``try_files`` whatever the
+  method (which sends a non-GET/HEAD on to ``@tandem_write``, below). ``limit_except
   GET { proxy_pass … }`` looks like the obvious construct but cannot hold ``add_header`` and
   inherits the route's, so the origin's answers to writes would carry the route's
   ``Cache-Control``.
-- **Primary and backup**: the upstream holds the primary side's origin (``max_fails=2
-  fail_timeout=30s``) and the other side's as ``backup``, which nginx uses only while the
-  primary is failing. ``primary`` is the persisted one (``tandem flip`` swaps them; the caller
-  reads it, this module imports no syncer): ``cluster`` → the cluster origin, backed by the
-  legacy origin; ``legacy`` → the legacy origin, backed by the cluster origin, and no fast path
-  (the cluster is then the mirror and may lag, so nginx must not serve its views first).
-- **The origin** is one named location; every ``proxy_*`` setting sits at server level. nginx
-  drops *all* inherited ``proxy_set_header`` lines in a location that sets one, so no
-  location sets any. ``proxy_pass`` without a URI part sends the client's URI unchanged.
+- **Primary and backup** (``nginx.upstream`` is the model and its refusals): the group
+  ``tandem_origin`` holds the primary side's origins (``origin.listen`` and ``nginx.origins``
+  when the cluster is primary) with ``max_fails``/``fail_timeout``, and the other side's as
+  ``backup``, which nginx uses only while every primary is failing; a shared ``zone`` makes
+  all workers agree on that. ``primary`` is the persisted one (``tandem flip`` swaps them; the
+  caller reads it, this module imports no syncer): ``cluster`` → the cluster origins, backed
+  by the legacy origin; ``legacy`` → the legacy origin, backed by the cluster origins, and no
+  fast path (the cluster is then the mirror and may lag, so nginx must not serve its views).
+- **Failover for GET/HEAD only**: ``proxy_next_upstream error timeout http_502 http_503
+  http_504`` with bounded tries and time, and short connect/send/read timeouts, at server
+  level. Any other method is handed (``error_page 418``, raised by an ``if`` that only
+  ``return``s — the one safe use of ``if`` in a location) to ``@tandem_write``: the group
+  ``tandem_primary`` (the primary side only, no backup) with ``proxy_next_upstream off`` and
+  long send/read timeouts (a durable write of a big upload takes time). nginx's own default
+  would replay a PUT or DELETE (it counts them idempotent) on the backup, whose answer (405, or
+  503 ``not_primary``) would then reach the client instead of the primary's. A 500 is not
+  retried: the origin answers 503 for anything that means "cannot serve" (storage trouble,
+  not ready), and a 500 is a bug the client should see.
+- **The origin's pages** (``/readyz`` …) go to the failover group but are retried on error and
+  timeout only: through the front, ``/readyz`` is the primary's answer while it answers (a
+  503 of a fenced or lagging primary must neither be hidden nor count as a failure that moves
+  the asset traffic to the backup), and the backup's while nginx has taken the primary out
+  (the front still serves then: its health checks go through here).
+- **Dynamic pass-through**: with ``[nginx.app] servers``, everything outside the routes, the
+  origin's pages and the internal locations goes to the group ``tandem_app`` (same GET/HEAD
+  rule, its own read timeout, no ``X-Tandem-Accel`` header, its ``X-Accel-Redirect`` ignored —
+  an app server must not reach the volumes); without, it is a 404.
+- **proxy_cache** (``[nginx.cache]``, off by default) on the asset GET/HEADs that reach an
+  origin: stale answers on error, timeout, 5xx and while updating, a cache lock, background
+  updates. X-Accel-Redirect answers are never cached (nginx follows them before caching; the
+  bytes come from a local file anyway): the cache holds what origins stream.
+- **Every ``proxy_*`` setting sits at server level** unless a location must differ. nginx
+  drops *all* inherited ``proxy_set_header`` lines in a location that sets one, so only the
+  app locations set their own (all of them). ``proxy_pass`` without a URI part sends the
+  client's URI unchanged.
 - **X-Accel**: ``^~`` prefix locations (which beat every regex location) with ``internal``
   alias each volume and the legacy folder; from outside they answer 404.
-- **Hostile URIs**: an encoded slash, backslash or NUL, or a raw backslash, in the raw path
-  is refused with 400 before any location is chosen; ``..`` and ``%2e%2e`` are left to nginx's
-  own normalisation (400 above the root, else the normalised path is routed); a request line
-  over 8 KiB gets nginx's 414.
+- **Hostile URIs**: in a route, an encoded slash, backslash or NUL, a raw backslash or a dot
+  segment in the raw path is refused with 400 before any file is looked for (dynamic URLs are
+  the app's business); ``..`` above the root is nginx's own 400; a request line over 8 KiB
+  gets nginx's 414.
 
 Everything the renderer writes into the config is checked here and refused with
 ``NginxConfigError`` when nginx could not read it back as meant (a ``$`` cannot be escaped in
@@ -43,6 +70,7 @@ This module touches no file: ``nginx.runner`` writes and runs what it returns.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +78,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Literal
 
 from cluster.view import VIEW
+from nginx import upstream
 from nginx.accel import ACCEL_HEADER, INTERNAL, LEGACY_LOCATION, volume_location
 from nginx.errors import NginxConfigError
 from origin.mime import nginx_types
@@ -60,25 +89,30 @@ if TYPE_CHECKING:
 
 Primary = Literal["cluster", "legacy"]
 PRIMARIES = ("cluster", "legacy")
-UPSTREAM = "tandem_origin"
+UPSTREAM = "tandem_origin"  # GET/HEAD of assets: the primary side, the other as backup
+PRIMARY_UPSTREAM = "tandem_primary"  # writes: the primary side only
+APP_UPSTREAM = "tandem_app"  # the dynamic pass-through
 ORIGIN_LOCATION = "@tandem_origin"
+WRITE_LOCATION = "@tandem_write"
+APP_WRITE_LOCATION = "@tandem_app_write"
+CACHE_ZONE = "tandem_cache"
 REST = "tandem_rest"  # the capture of a route's URL path after its prefix
 ENDPOINTS = ("/healthz", "/readyz", "/metrics", "/status")  # the origin's own pages
 TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 WORKER_CONNECTIONS = 1024
-UPSTREAM_KEEPALIVE = 32  # idle connections kept open to the origin, per worker
-# The primary is taken out of rotation after 2 failures within 30 s, for 30 s (the backup
-# serves meanwhile), as in the seed's runbook.
-MAX_FAILS = 2
-FAIL_TIMEOUT = "30s"
-# Short, so a hung origin fails fast (issue 5 adds failover on these); reads and sends are
-# timed between two successive operations, not over a whole streamed body.
-CONNECT_TIMEOUT = "2s"
-READ_TIMEOUT = "15s"
-SEND_TIMEOUT = "15s"
+# What a GET/HEAD is retried on. Never ``non_idempotent``; http_500 is not in it either: the
+# origin answers 503 for what means "cannot serve", so a 500 is a bug the client should see.
+NEXT_UPSTREAM = "error timeout http_502 http_503 http_504"
+READ_METHODS = "^(?:GET|HEAD)$"
+DISPATCH_STATUS = 418  # raised for a non-GET/HEAD, caught by error_page (never sent)
+# A write's answer comes after the upload is durable on every copy, and the origin may pause
+# reading an upload while it writes a chunk: far longer than a read's first byte may take.
+# Reads and sends are timed between two successive operations, not over a whole body.
+WRITE_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = "65s"
 KEEPALIVE_REQUESTS = 1000
+CACHE_KEYS_ZONE = "10m"  # ~80,000 keys
 
 # In the raw request path (before any "?"): %2F or %5C (an encoded separator would become a
 # path separator after decoding), a raw backslash, %00, or a dot segment ("." or "..", also
@@ -92,7 +126,7 @@ LOG_FORMAT = (
     '"status":$status,"bytes":$body_bytes_sent,"duration":$request_time,'
     '"upstream":"$upstream_addr","upstream_status":"$upstream_status",'
     '"upstream_time":"$upstream_response_time","referer":"$http_referer",'
-    '"agent":"$http_user_agent","request_id":"$request_id"}'
+    '"cache":"$upstream_cache_status","agent":"$http_user_agent","request_id":"$request_id"}'
 )
 
 INDENT = "    "
@@ -129,7 +163,7 @@ class Layout:
 def render(cfg: Config, primary: Primary = "cluster") -> str:
     """The complete ``nginx.conf`` for ``cfg`` with ``primary`` (``cluster`` or ``legacy``)
     as the upstream's primary side; raises ``NginxConfigError`` for what nginx config cannot
-    express."""
+    express or would ignore."""
     _check(cfg, primary)
     lines = [
         "# Generated by tandem (nginx/render.py) from the tandem config: edits are overwritten.",
@@ -148,6 +182,74 @@ def fast_path(cfg: Config, primary: Primary = "cluster") -> bool:
     return cfg.nginx.fast_path and cfg.cluster.view and primary == "cluster"
 
 
+def groups(cfg: Config, primary: Primary = "cluster") -> list[upstream.Group]:
+    """The upstream groups for ``cfg``, checked (``nginx.upstream.check``): the failover group,
+    the primary side alone, and the app servers when there are any."""
+    n = cfg.nginx
+    cluster = [upstream.Server(_address(cfg.origin.listen, "origin.listen"), "origin.listen")]
+    cluster += [
+        upstream.Server(_address(o, f"nginx.origins[{i}]"), f"nginx.origins[{i}]")
+        for i, o in enumerate(n.origins)
+    ]
+    legacy = [upstream.Server(_address(cfg.legacy.listen, "legacy.listen"), "legacy.listen")]
+    sides = {"cluster": cluster, "legacy": legacy}
+    other = "legacy" if primary == "cluster" else "cluster"
+    primaries = [
+        dataclasses.replace(s, max_fails=n.max_fails, fail_timeout=n.fail_timeout)
+        for s in sides[primary]
+    ]
+    backups = [
+        dataclasses.replace(s, backup=True, max_fails=n.max_fails, fail_timeout=n.fail_timeout)
+        for s in sides[other]
+    ]
+    if not n.backup:
+        backups = []
+    failover = upstream.Group(
+        UPSTREAM,
+        (*primaries, *backups),
+        "nginx.max_fails",
+        n.balance,
+        keepalive=n.keepalive,
+        comment=f"primary: {primary}, backup: {other if n.backup else 'none'}"
+        + (" (tandem flip swaps them)" if n.backup else ""),
+    )
+    # Writes are never retried, so this group needs no failure accounting unless it can
+    # spread over several servers (nginx ignores max_fails in a group of one anyway).
+    alone = len(primaries) == 1
+    direct = upstream.Group(
+        PRIMARY_UPSTREAM,
+        tuple(dataclasses.replace(s, max_fails=0) if alone else s for s in primaries),
+        "nginx.max_fails",
+        n.balance,
+        keepalive=n.keepalive,
+        comment="writes: the primary side only, never retried",
+    )
+    out = [failover, direct]
+    if n.app.servers:
+        app = [
+            upstream.Server(
+                _address(a, f"nginx.app.servers[{i}]"),
+                f"nginx.app.servers[{i}]",
+                max_fails=n.app.max_fails,
+                fail_timeout=n.app.fail_timeout,
+            )
+            for i, a in enumerate(n.app.servers)
+        ]
+        out.append(
+            upstream.Group(
+                APP_UPSTREAM,
+                tuple(app),
+                "nginx.app.max_fails",
+                keepalive=n.keepalive,
+                comment="the dynamic app servers",
+            )
+        )
+    front = (_address(n.listen, "nginx.listen"), "nginx.listen")
+    for g in out:
+        upstream.check(g, front)
+    return out
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 
@@ -160,6 +262,8 @@ def _check(cfg: Config, primary: str) -> None:
     _port(cfg.legacy.listen, "legacy.listen")
     _absolute(cfg.nginx.run_dir, "nginx.run_dir")
     _absolute(cfg.legacy.dir, "legacy.dir")
+    if cfg.nginx.cache is not None:
+        _absolute(cfg.nginx.cache.path, "nginx.cache.path")
     for i, v in enumerate(cfg.cluster.volumes):
         _absolute(v.path, f"cluster.volumes[{i}].path")
     for i, r in enumerate(cfg.origin.routes):
@@ -223,6 +327,12 @@ def _reachable(listen: tuple[str, int]) -> tuple[str, int]:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
 
 
+def _address(listen: tuple[str, int], what: str) -> str:
+    """A server's address in an upstream group (a wildcard bind mapped onto loopback)."""
+    _port(listen, what)
+    return _hostport(_reachable(listen), what)
+
+
 def _block(head: str, body: Iterable[str]) -> list[str]:
     return [f"{head} {{", *(INDENT + line if line else "" for line in body), "}"]
 
@@ -245,7 +355,7 @@ def _main(cfg: Config) -> list[str]:
 
 def _http(cfg: Config, primary: Primary) -> list[str]:
     paths = Layout(cfg.nginx.run_dir)
-    return [
+    lines = [
         *nginx_types().splitlines(),
         "",
         *(
@@ -256,7 +366,8 @@ def _http(cfg: Config, primary: Primary) -> list[str]:
         f"access_log {_q(str(paths.access_log), 'nginx.run_dir')} tandem_json;",
         "",
         "sendfile on;",
-        "# With tcp_nopush on, sendfile from a non-zero offset (a Range) stalls ~40 ms.",
+        "# With tcp_nopush on, sendfile from a non-zero file offset (a Range, every proxy_cache",
+        "# hit) stalls ~40 ms per response.",
         "tcp_nopush off;",
         "etag on;",
         "if_modified_since before;",
@@ -266,26 +377,18 @@ def _http(cfg: Config, primary: Primary) -> list[str]:
         f"keepalive_requests {KEEPALIVE_REQUESTS};",
         "reset_timedout_connection on;",
         "# No open_file_cache: a file replaced in a view must be served new at once.",
-        "",
-        *_upstreams(cfg, primary),
-        "",
-        *_server(cfg, primary),
     ]
-
-
-def _upstreams(cfg: Config, primary: Primary) -> list[str]:
-    """The origin group: the primary side's origin, the other side's as ``backup``."""
-    sides = {
-        "cluster": _hostport(_reachable(cfg.origin.listen), "origin.listen"),
-        "legacy": _hostport(_reachable(cfg.legacy.listen), "legacy.listen"),
-    }
-    backup = "legacy" if primary == "cluster" else "cluster"
-    return _block(f"upstream {UPSTREAM}", [
-        f"# primary: {primary}, backup: {backup} (tandem flip swaps them)",
-        f"server {sides[primary]} max_fails={MAX_FAILS} fail_timeout={FAIL_TIMEOUT};",
-        f"server {sides[backup]} backup;",
-        f"keepalive {UPSTREAM_KEEPALIVE};",
-    ])
+    cache = cfg.nginx.cache
+    if cache is not None:
+        lines += [
+            "",
+            f"proxy_cache_path {_q(str(cache.path), 'nginx.cache.path')} levels=1:2 "
+            f"keys_zone={CACHE_ZONE}:{CACHE_KEYS_ZONE} max_size={cache.max_size} "
+            f"inactive={cache.inactive}s use_temp_path=off;",
+        ]
+    for group in groups(cfg, primary):
+        lines += ["", *upstream.lines(group)]
+    return [*lines, "", *_server(cfg, primary)]
 
 
 def _server(cfg: Config, primary: Primary) -> list[str]:
@@ -293,35 +396,35 @@ def _server(cfg: Config, primary: Primary) -> list[str]:
         f"listen {_hostport(cfg.nginx.listen, 'nginx.listen')};",
         "",
         *_proxy_settings(cfg),
-        "",
-        f'if ($request_uri ~ {_q(HOSTILE_PATH, "HOSTILE_PATH", variables=False)}) {{',
-        f"{INDENT}return 400;",
-        "}",
     ]
     # Regex locations are tried in order: longest prefix first is "the longest prefix wins".
     routes = sorted(enumerate(cfg.origin.routes), key=lambda ir: len(ir[1].prefix), reverse=True)
     for index, route in routes:
         body += ["", *_route_location(cfg, primary, route, f"origin.routes[{index}]")]
-    body += ["", *_block(f"location {ORIGIN_LOCATION}", [_proxy_pass()])]
+    body += ["", *_block(f"location {ORIGIN_LOCATION}", _asset_proxy(cfg))]
+    body += ["", *_block(f"location {WRITE_LOCATION}", _write_proxy(PRIMARY_UPSTREAM))]
     body += [""] + [line for e in ENDPOINTS for line in _endpoint_location(e)]
     body += ["", *_accel_locations(cfg)]
-    body += ["", *_block("location /", ["return 404;"])]
+    body += ["", *_app_locations(cfg)]
     return _block("server", body)
 
 
 def _proxy_settings(cfg: Config) -> list[str]:
-    """How every request reaches the origin; set once here, inherited by every location."""
+    """How every request reaches an upstream; set once here, inherited by every location."""
+    n = cfg.nginx
     # nginx reads client_max_body_size 0 as "no limit"; 1 byte is the closest it can say.
     max_body = max(cfg.origin.max_upload, 1)
     return [
         "proxy_http_version 1.1;",
-        'proxy_set_header Connection "";  # keepalive to the upstream',
-        "proxy_set_header Host $host;",
-        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
-        f"proxy_set_header {ACCEL_HEADER} 1;",
-        f"proxy_connect_timeout {CONNECT_TIMEOUT};",
-        f"proxy_read_timeout {READ_TIMEOUT};",
-        f"proxy_send_timeout {SEND_TIMEOUT};",
+        *_headers(accel=True),
+        f"proxy_connect_timeout {upstream.duration(n.connect_timeout)};",
+        f"proxy_send_timeout {upstream.duration(n.send_timeout)};",
+        f"proxy_read_timeout {upstream.duration(n.read_timeout)};",
+        "# A GET/HEAD that fails before its answer began goes to the next server (a backup",
+        "# once the primaries fail), within bounds; the write locations turn this off.",
+        f"proxy_next_upstream {NEXT_UPSTREAM};",
+        f"proxy_next_upstream_tries {n.next_upstream_tries};",
+        f"proxy_next_upstream_timeout {upstream.duration(n.next_upstream_timeout)};",
         "# Small answers are taken whole (the origin is freed at once); big ones stream through",
         "# memory buffers at the client's pace, never spooled to disk.",
         "proxy_hide_header Alt-Svc;  # sanic sends an empty one",
@@ -333,8 +436,62 @@ def _proxy_settings(cfg: Config) -> list[str]:
     ]
 
 
-def _proxy_pass() -> str:
-    return f"proxy_pass http://{UPSTREAM};"
+def _headers(*, accel: bool) -> list[str]:
+    """The request headers an upstream gets; ``accel`` marks a request to a tandem origin,
+    which may then answer with X-Accel-Redirect."""
+    lines = [
+        'proxy_set_header Connection "";  # keepalive to the upstream',
+        "proxy_set_header Host $host;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+    ]
+    if accel:
+        lines.append(f"proxy_set_header {ACCEL_HEADER} 1;")
+    return lines
+
+
+def _dispatch(write_location: str) -> list[str]:
+    """Send every method but GET/HEAD to ``write_location`` (never retried). An ``if`` that
+    only returns is safe in a location; the 418 never leaves nginx."""
+    return [
+        f"error_page {DISPATCH_STATUS} = {write_location};",
+        f'if ($request_method !~ "{READ_METHODS}") {{',
+        f"{INDENT}return {DISPATCH_STATUS};",
+        "}",
+    ]
+
+
+def _asset_proxy(cfg: Config) -> list[str]:
+    """An asset request that reaches the origins: GET/HEAD through the failover group (and
+    the cache, when on), anything else to ``@tandem_write``."""
+    lines = [*_dispatch(WRITE_LOCATION), f"proxy_pass http://{UPSTREAM};"]
+    cache = cfg.nginx.cache
+    if cache is not None:
+        lines += [
+            f"proxy_cache {CACHE_ZONE};",
+            f"proxy_cache_valid 200 {cache.valid}s;  # when the origin sends no Cache-Control",
+            "proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;",
+            "proxy_cache_background_update on;",
+            "proxy_cache_lock on;",
+            "proxy_cache_revalidate on;",
+        ]
+    return lines
+
+
+def _write_proxy(group: str) -> list[str]:
+    return [
+        "proxy_next_upstream off;  # a write is never replayed",
+        f"proxy_send_timeout {upstream.duration(WRITE_TIMEOUT)};",
+        f"proxy_read_timeout {upstream.duration(WRITE_TIMEOUT)};",
+        f"proxy_pass http://{group};",
+    ]
+
+
+def _hostile() -> list[str]:
+    return [
+        f'if ($request_uri ~ {_q(HOSTILE_PATH, "HOSTILE_PATH", variables=False)}) {{',
+        f"{INDENT}return 400;",
+        "}",
+    ]
 
 
 def _route_location(cfg: Config, primary: Primary, route: Route, what: str) -> list[str]:
@@ -343,15 +500,16 @@ def _route_location(cfg: Config, primary: Primary, route: Route, what: str) -> l
     regex = f"(?s)^{re.escape(route.prefix)}(?<{REST}>.*)"
     head = f"location ~ {_q(regex, f'{what}.prefix', variables=False)}"
     if not fast_path(cfg, primary):
-        return _block(head, [_proxy_pass()])
+        return _block(head, [*_hostile(), *_asset_proxy(cfg)])
     tries = " ".join(
         _view_file(v.path, f"cluster.volumes[{i}].path", route, f"{what}.root")
         for i, v in enumerate(cfg.cluster.volumes)
     )
     body = [
+        *_hostile(),
         "root /;",
         f"try_files {tries} {ORIGIN_LOCATION};",
-        f"error_page 405 = {ORIGIN_LOCATION};  # any method but GET/HEAD",
+        f"error_page 405 = {WRITE_LOCATION};  # any method but GET/HEAD on a file nginx has",
     ]
     if route.cache_control:
         cc = _q(route.cache_control, f"{what}.cache_control")
@@ -367,7 +525,13 @@ def _view_file(volume: PurePath, volume_what: str, route: Route, route_what: str
 
 
 def _endpoint_location(path: str) -> list[str]:
-    return _block(f"location = {path}", [_proxy_pass()])
+    return _block(
+        f"location = {path}",
+        [
+            "proxy_next_upstream error timeout;  # an answer, even a 503, is the primary's",
+            f"proxy_pass http://{UPSTREAM};",
+        ],
+    )
 
 
 def _accel_locations(cfg: Config) -> list[str]:
@@ -382,3 +546,23 @@ def _accel_locations(cfg: Config) -> list[str]:
     for location, path, what in targets:
         lines += _block(f"location ^~ {location}", ["internal;", f"alias {_dir(path, what)};"])
     return lines
+
+
+def _app_locations(cfg: Config) -> list[str]:
+    """Everything else: the app servers (GET/HEAD retried, other methods not), or 404."""
+    app = cfg.nginx.app
+    if not app.servers:
+        return _block("location /", ["return 404;"])
+    common = [
+        *_headers(accel=False),
+        "proxy_ignore_headers X-Accel-Redirect;  # an app server must not reach the volumes",
+        f"proxy_read_timeout {upstream.duration(app.read_timeout)};",
+    ]
+    return [
+        *_block("location /", [*_dispatch(APP_WRITE_LOCATION), *common,
+                               f"proxy_pass http://{APP_UPSTREAM};"]),
+        *_block(f"location {APP_WRITE_LOCATION}", [
+            *common, "proxy_next_upstream off;  # a write is never replayed",
+            f"proxy_pass http://{APP_UPSTREAM};",
+        ]),
+    ]

@@ -10,6 +10,10 @@ Thin handlers over a ``Source`` (``sources.py``): the URL becomes a cluster path
 - otherwise streamed in pieces of at most ``sources.PIECE`` bytes, with Content-Length.
 
 Storage trouble is a 503 (nginx fails a 503 over to the backup; a 500 it would pass on).
+So is every read while this origin cannot serve at all (``Source.unable``: the metadata
+unreadable, no volume there, the legacy directory missing): nginx has no active health checks,
+so a read answered 503 is how it learns to move traffic to the backup. A fence (a flip) or
+sync lag fails ``/readyz`` but never stops reads.
 """
 
 from __future__ import annotations
@@ -32,6 +36,29 @@ from origin.writes import DISCARD_MAX, Writer
 log = structlog.get_logger("origin")
 
 METHODS = ["GET", "HEAD", "PUT", "DELETE", "POST", "OPTIONS", "PATCH"]
+UNABLE_TTL = 0.5  # seconds a worker trusts its last "can I serve at all" check
+
+
+class Gate:
+    """Whether the source can serve at all, asked at most every ``UNABLE_TTL`` per worker (a
+    metadata query and a marker read per volume: too much for every request)."""
+
+    def __init__(self, source: Source, role: str) -> None:
+        self.source, self.role = source, role
+        self.checked = -UNABLE_TTL
+        self.reason: str | None = None
+
+    def unable(self) -> str | None:
+        now = time.monotonic()
+        if now - self.checked >= UNABLE_TTL:
+            reason, self.checked = self.source.unable(), now
+            if reason != self.reason:
+                if reason is None:
+                    log.info(f"{self.role}.serving_again")
+                else:
+                    log.error(f"{self.role}.unable", reason=reason)
+            self.reason = reason
+        return self.reason
 
 
 def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[Any, Any]:
@@ -46,6 +73,7 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
     app.config.REQUEST_TIMEOUT = 10  # a slow client holds only its own connection
     app.config.RESPONSE_TIMEOUT = 3600
     writer = Writer(cfg) if role == "origin" and cfg.origin.write_prefixes else None
+    gate = Gate(source, role)
     ocfg = cfg.origin
 
     @app.get("/healthz")
@@ -80,6 +108,10 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
             _close_if_body_unread(request)  # the read path never reads a request body
             if request.method not in ("GET", "HEAD", "POST"):
                 resp = _page(405, request)  # as nginx: before it looks for the file
+                return resp
+            unable = gate.unable()
+            if unable is not None:
+                resp = _page(503, request, f"cannot serve: {unable}")
                 return resp
             found = urls.resolve(ocfg, url_path)
             f = source.lookup(found[1]) if found is not None else None

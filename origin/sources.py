@@ -57,6 +57,8 @@ class Source(Protocol):
 
     def ready(self) -> list[str]: ...
 
+    def unable(self) -> str | None: ...
+
 
 class ClusterSource:
     """Files of the cluster, read without the master: read-only SQLite, local volumes."""
@@ -146,11 +148,30 @@ class ClusterSource:
             yield data
 
     def ready(self) -> list[str]:
-        problems = []
+        meta = self._meta_problem()
+        return ([meta] if meta else []) + self._volume_problems()
+
+    def unable(self) -> str | None:
+        """Why nothing can be served (the metadata unreadable, or not one volume there), or
+        None. One volume of several missing is not that: its files are read from their other
+        copies, and a file with no readable copy is a 503 of its own."""
+        meta = self._meta_problem()
+        if meta:
+            return meta
+        bad = self._volume_problems()
+        if self.volumes and len(bad) == len(self.volumes):
+            return "no volume is usable: " + "; ".join(bad)
+        return None
+
+    def _meta_problem(self) -> str | None:
         try:
             self.meta.db.execute("SELECT 1 FROM inode LIMIT 1").fetchone()
         except Exception as exc:  # any database error: not ready
-            problems.append(f"metadata unreadable: {exc}")
+            return f"metadata unreadable: {exc}"
+        return None
+
+    def _volume_problems(self) -> list[str]:
+        problems = []
         for v in self.volumes.values():
             assert isinstance(v.store, LocalVolume)
             try:
@@ -206,3 +227,7 @@ class DirectorySource:
 
     def ready(self) -> list[str]:
         return [] if os.path.isdir(self.root) else [f"{os.fsdecode(self.root)} is missing"]
+
+    def unable(self) -> str | None:
+        problems = self.ready()
+        return problems[0] if problems else None

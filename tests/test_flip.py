@@ -464,8 +464,9 @@ async def test_flip_reloads_nginx_with_the_new_primary(tmp_path: Path) -> None:
                 r = site.tandem("flip", "--to", "legacy", "--timeout", "30")
                 assert r.returncode == 0 and "nginx    reloaded" in r.stdout, r.stdout + r.stderr
                 conf = nginx.paths.conf.read_text()
-                assert f"server 127.0.0.1:{legacy_port} max_fails=2" in conf
-                assert f"server 127.0.0.1:{origin_port} backup;" in conf
+                assert f"server 127.0.0.1:{legacy_port} max_fails=1 fail_timeout=10s;" in conf
+                assert (f"server 127.0.0.1:{origin_port} max_fails=1 fail_timeout=10s backup;"
+                        in conf)
                 assert "try_files" not in conf
                 await wait_for(lambda: nginx.request("GET", "/news/a.html").body == b"a"
                                and access_upstreams(nginx)[-1] == f"127.0.0.1:{legacy_port}",
@@ -473,8 +474,9 @@ async def test_flip_reloads_nginx_with_the_new_primary(tmp_path: Path) -> None:
                 r = site.tandem("flip", "--to", "cluster", "--timeout", "30")
                 assert r.returncode == 0 and "nginx    reloaded" in r.stdout, r.stdout + r.stderr
                 conf = nginx.paths.conf.read_text()
-                assert f"server 127.0.0.1:{origin_port} max_fails=2" in conf
-                assert f"server 127.0.0.1:{legacy_port} backup;" in conf
+                assert f"server 127.0.0.1:{origin_port} max_fails=1 fail_timeout=10s;" in conf
+                assert (f"server 127.0.0.1:{legacy_port} max_fails=1 fail_timeout=10s backup;"
+                        in conf)
                 assert "try_files" in conf
                 assert site.tandem("nginx", "render").stdout == conf
         finally:

@@ -1,8 +1,11 @@
-"""The generated nginx config: its text (a golden file), ``nginx -t``, and the behaviour of a
-real nginx in front of a fake origin — the fast path from the volumes' views, the fallback to
-the origin, X-Accel-Redirect, writes, the internal locations and hostile URIs.
+"""The generated nginx config: its text (golden files), ``nginx -t``, the refusals of the
+upstream model, and the behaviour of a real nginx in front of fake origins — the fast path
+from the volumes' views, the fallback to the origin, X-Accel-Redirect, writes, the internal
+locations, hostile URIs, failover of GET/HEAD (and never of writes), the dynamic pass-through
+and the cache. Failover against real origins is ``test_failover.py``.
 
-Regenerate the golden file with ``TANDEM_UPDATE_GOLDEN=1 pytest tests/test_nginx_render.py``.
+Regenerate the golden files with ``TANDEM_UPDATE_GOLDEN=1 pytest tests/test_nginx_render.py``
+(and read the diff).
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ import pytest
 from nginxproc import Answer, FakeOrigin, Nginx, for_test, free_port, require_nginx
 from procs import write_config
 
-from cluster.config import VolumeConfig
+from cluster.config import ConfigError, VolumeConfig
 from nginx import runner
+from nginx.config import AppConfig, CacheConfig
 from nginx.errors import NginxCommandError, NginxConfigError, NginxNotInstalled
 from nginx.render import Primary, render
 from origin.cli import main
 from origin.config import Config, load
 from origin.settings import Route
 
-GOLDEN = Path(__file__).parent / "golden" / "nginx.conf"
+GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN_TOML = """\
-data_dir = "/srv/tandem"
+data_dir = "{data_dir}"
 [cluster]
 [[cluster.volumes]]
 path = "/srv/tandem/vol0"
@@ -39,10 +43,50 @@ path = "/srv/tandem/vol2"
 [origin]
 listen = "0.0.0.0:9430"
 [nginx]
-listen = "0.0.0.0:80"
-user = "www-data"
-worker_processes = 0
+listen = "{listen}"
+{user}worker_processes = 0
 """
+# Every knob of the failover model, the pass-through and the cache, away from the defaults.
+FULL_TOML = """\
+fast_path = false
+origins = ["127.0.0.1:9432", "[::1]:9433"]
+balance = "least_conn"
+max_fails = 2
+fail_timeout = 5
+connect_timeout = 0.25
+send_timeout = 2
+read_timeout = 1.5
+next_upstream_tries = 2
+next_upstream_timeout = 4
+keepalive = 8
+[nginx.app]
+servers = ["127.0.0.1:8000", "127.0.0.1:8001"]
+read_timeout = 30
+[nginx.cache]
+enabled = true
+max_size = 104857600
+inactive = 300
+valid = 20
+"""
+GOLDEN_CASES = {  # golden file → (more [nginx] TOML, primary)
+    "nginx.conf": ("", "cluster"),
+    "nginx-legacy-primary.conf": ("", "legacy"),
+    "nginx-full.conf": (FULL_TOML, "cluster"),
+}
+
+
+def golden_config(tmp: Path, extra: str, *, for_nginx_t: bool = False) -> Config:
+    """The golden files' config; ``for_nginx_t`` puts it under ``tmp`` on a free port without
+    the user (what ``nginx -t`` can check here)."""
+    text = GOLDEN_TOML.format(
+        data_dir=tmp if for_nginx_t else "/srv/tandem",
+        listen=f"127.0.0.1:{free_port()}" if for_nginx_t else "0.0.0.0:80",
+        user="" if for_nginx_t else 'user = "www-data"\n',
+    )
+    if for_nginx_t:
+        text = text.replace("/srv/tandem/", f"{tmp}/")
+    (tmp / "tandem.toml").write_text(text + extra)
+    return load(tmp / "tandem.toml")
 ODD_ROUTE = {"prefix": "/a.b+c/", "root": "/odd/", "cache_control": "public, max-age=5"}
 ROUTES = [
     {"prefix": "/images/", "root": "/images/", "cache_control": "public, max-age=2592000"},
@@ -100,13 +144,23 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
 # -- the text ----------------------------------------------------------------------------------
 
 
-def test_golden(tmp_path: Path) -> None:
-    (tmp_path / "tandem.toml").write_text(GOLDEN_TOML)
-    text = render(load(tmp_path / "tandem.toml"))
+@pytest.mark.parametrize("name", GOLDEN_CASES)
+def test_golden(tmp_path: Path, name: str) -> None:
+    extra, primary = GOLDEN_CASES[name]
+    text = render(golden_config(tmp_path, extra), primary)  # type: ignore[arg-type]
+    golden = GOLDEN_DIR / name
     if os.environ.get("TANDEM_UPDATE_GOLDEN"):
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(text)
-    assert text == GOLDEN.read_text(), "set TANDEM_UPDATE_GOLDEN=1 to accept the new config"
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text(), "set TANDEM_UPDATE_GOLDEN=1 to accept the new config"
+
+
+@pytest.mark.parametrize("name", GOLDEN_CASES)
+def test_golden_configs_pass_nginx_t(tmp_path: Path, name: str) -> None:
+    extra, primary = GOLDEN_CASES[name]
+    cfg = golden_config(tmp_path, extra, for_nginx_t=True)
+    require_nginx(cfg)
+    runner.check_only(cfg, primary)  # type: ignore[arg-type]
 
 
 def test_route_prefix_metacharacters_are_escaped(tmp_path: Path) -> None:
@@ -374,10 +428,10 @@ def test_the_legacy_primary_and_the_backup(
     with FakeOrigin() as origin, FakeOrigin() as legacy:
         cfg = _legacy_at(make_config(tmp_path, origin.listen), legacy.listen)
         text, cluster_text = render(cfg, "legacy"), render(cfg)
-        assert f"server {_hp(legacy.listen)} max_fails=2 fail_timeout=30s;" in text
-        assert f"server {_hp(origin.listen)} backup;" in text
-        assert f"server {_hp(origin.listen)} max_fails=2 fail_timeout=30s;" in cluster_text
-        assert f"server {_hp(legacy.listen)} backup;" in cluster_text
+        assert f"server {_hp(legacy.listen)} max_fails=1 fail_timeout=10s;" in text
+        assert f"server {_hp(origin.listen)} max_fails=1 fail_timeout=10s backup;" in text
+        assert f"server {_hp(origin.listen)} max_fails=1 fail_timeout=10s;" in cluster_text
+        assert f"server {_hp(legacy.listen)} max_fails=1 fail_timeout=10s backup;" in cluster_text
         assert "try_files" not in text and "try_files" in cluster_text
         with pytest.raises(NginxConfigError, match="primary"):
             render(cfg, "elsewhere")  # type: ignore[arg-type]
@@ -396,3 +450,204 @@ def test_the_legacy_primary_and_the_backup(
     (tmp_path / "var" / "sync" / "primary").write_text("legacy\n")
     assert main(["--config", str(toml), "nginx", "render"]) == 0
     assert "# primary: legacy, backup: cluster" in capsys.readouterr().out
+
+
+# -- the upstream model: what nginx would ignore or reject is refused ---------------------------
+
+LISTENS = 'origin.listen = "0.0.0.0:9430"'  # as GOLDEN_TOML; legacy.listen is 127.0.0.1:9431
+
+
+@pytest.mark.parametrize(
+    ("nginx", "primary", "message"),
+    [
+        ("backup = false", "cluster",
+         r"nginx\.max_fails: nginx ignores max_fails in upstream tandem_origin, which has one "
+         r"server \(127\.0\.0\.1:9430, origin\.listen\) and no backup"),
+        ('backup = false\norigins = ["10.0.0.2:9430"]', "legacy",  # flipped: legacy alone
+         r"nginx\.max_fails: .* one server \(127\.0\.0\.1:9431, legacy\.listen\)"),
+        ('balance = "hash"', "cluster",
+         r"nginx\.balance: nginx refuses backup servers with hash \(legacy\.listen is the "
+         r"backup of upstream tandem_origin\)"),
+        ('balance = "ip_hash"', "cluster", r"nginx\.balance: .* with ip_hash"),
+        ('balance = "random"\norigins = ["10.0.0.2:9430"]', "legacy",
+         r"nginx\.balance: .* with random \(origin\.listen is the backup"),
+        ('origins = ["127.0.0.1:9430"]', "cluster",  # origin.listen binds 0.0.0.0:9430
+         r"nginx\.origins\[0\]: 127\.0\.0\.1:9430 is already in upstream tandem_origin as "
+         r"origin\.listen"),
+        ('origins = ["10.0.0.2:1", "10.0.0.2:1"]', "cluster",
+         r"nginx\.origins\[1\]: 10\.0\.0\.2:1 is already .* as nginx\.origins\[0\]"),
+        ('origins = ["127.0.0.1:9431"]', "cluster",
+         r"legacy\.listen: 127\.0\.0\.1:9431 is already .* as nginx\.origins\[0\]"),
+        ('origins = ["127.0.0.1:80"]', "cluster",  # the front listens on 0.0.0.0:80
+         r"nginx\.origins\[0\]: 127\.0\.0\.1:80 is the front itself \(nginx\.listen\)"),
+        ('[nginx.app]\nservers = ["10.0.0.5:8000", "10.0.0.5:8000"]', "cluster",
+         r"nginx\.app\.servers\[1\]: 10\.0\.0\.5:8000 is already in upstream tandem_app"),
+        ('[nginx.app]\nservers = ["10.0.0.5:8000"]\nmax_fails = 3', "cluster",
+         r"nginx\.app\.max_fails: nginx ignores max_fails in upstream tandem_app"),
+    ],
+)
+def test_render_refuses_a_group_nginx_would_ignore_or_reject(
+    tmp_path: Path, nginx: str, primary: Primary, message: str
+) -> None:
+    cfg = golden_config(tmp_path, nginx + "\n")
+    with pytest.raises(NginxConfigError, match=message):
+        render(cfg, primary)
+
+
+@pytest.mark.parametrize(
+    "nginx",
+    [
+        "backup = false\nmax_fails = 0",  # one server, nothing relies on max_fails
+        'backup = false\norigins = ["10.0.0.2:9430"]',  # two servers
+        'balance = "hash"\nbackup = false\norigins = ["10.0.0.2:9430"]',
+        'balance = "least_conn"\norigins = ["10.0.0.2:9430"]',
+        '[nginx.app]\nservers = ["10.0.0.5:8000"]',  # one app server: max_fails 0 by default
+        '[nginx.app]\nservers = ["10.0.0.5:8000", "10.0.0.6:8000"]\nmax_fails = 3',
+    ],
+)
+def test_render_accepts_groups_nginx_honours(tmp_path: Path, nginx: str) -> None:
+    text = render(golden_config(tmp_path, nginx + "\n"))
+    assert "upstream tandem_origin {" in text
+
+
+@pytest.mark.parametrize(
+    ("nginx", "message"),
+    [
+        ("read_timeout = 0", r"nginx\.read_timeout: expected at least 0\.001 s, got 0"),
+        ("read_timeout = -1", r"nginx\.read_timeout: -1\.0 is out of range"),
+        ("connect_timeout = 5", r"nginx\.connect_timeout: 5 s is longer than "
+         r"nginx\.read_timeout \(3 s\)"),
+        ("next_upstream_timeout = 4", r"nginx\.next_upstream_timeout: 4 s leaves no time to "
+         r"try the backup after a hung origin \(nginx\.connect_timeout \+ nginx\.read_timeout"),
+        ("next_upstream_tries = 1", r"nginx\.next_upstream_tries: 1 would never try another"),
+        ("next_upstream_tries = 0", r"nginx\.next_upstream_tries: 0 .* retry without bound"),
+        ("fail_timeout = 0", r"nginx\.fail_timeout: 0 is out of range 1\.\.3600"),
+        ("fail_timeout = 1.5", r"nginx\.fail_timeout: expected an integer"),
+        ("max_fails = -1", r"nginx\.max_fails: -1 is out of range"),
+        ('balance = "fair"', r"nginx\.balance: expected one of round_robin, least_conn"),
+        ('origins = ["no-port"]', r"nginx\.origins\[0\]: expected HOST:PORT"),
+        ('origins = ["h:0"]', r"nginx\.origins\[0\]: expected HOST:PORT"),
+        ("[nginx.app]\nread_timeout = 0", r"nginx\.app\.read_timeout: expected at least"),
+        ('[nginx.app]\nservers = "h:1"', r"nginx\.app\.servers: expected an array of strings"),
+        ("[nginx.cache]\nmax_size = 10", r"nginx\.cache\.max_size: 10 is out of range"),
+        ("[nginx.cache]\nsize = 10", r"nginx\.cache\.size: unknown key"),
+    ],
+)
+def test_config_refuses_nonsensical_values(tmp_path: Path, nginx: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        golden_config(tmp_path, nginx + "\n")
+
+
+# -- failover, writes, the pass-through and the cache on a real nginx ---------------------------
+
+
+def _two_sided(tmp: Path, primary: FakeOrigin, backup: FakeOrigin, **nginx: object) -> Config:
+    cfg = _legacy_at(make_config(tmp, primary.listen, fast_path=False, **nginx), backup.listen)
+    require_nginx(cfg)
+    return cfg
+
+
+def test_gets_fail_over_and_writes_never_do(tmp_path: Path) -> None:
+    """A 503 (or a refused connection) on a GET/HEAD is retried on the backup; a 500 is the
+    client's; a write (PUT, DELETE, POST) goes to the primary only and is never replayed —
+    not even while the primary is out of the group; the origin's pages are the primary's
+    answer (a 503 included) while it answers."""
+    with FakeOrigin() as primary, FakeOrigin() as backup:
+        cfg = _two_sided(tmp_path, primary, backup)
+        for side, name in ((primary, b"primary"), (backup, b"backup")):
+            for path in ("/images/a.jpg", "/images/b.jpg", "/news/c.html"):
+                side.answers[path] = Answer(200, {}, b"from the " + name)
+        primary.answers["/images/b.jpg"] = Answer(500, {}, b"a bug")
+        primary.answers["/readyz"] = Answer(503, {}, b"not ready")
+        with Nginx(cfg) as nginx:
+            r = nginx.request("GET", "/images/b.jpg")
+            assert (r.status, r.body) == (500, b"a bug")  # not retried, not counted
+            assert nginx.request("GET", "/readyz").status == 503  # the primary's own answer
+            assert nginx.request("GET", "/images/a.jpg").body == b"from the primary"
+            primary.answers["/images/a.jpg"] = Answer(503, {}, b"storage trouble")
+            assert nginx.request("GET", "/images/a.jpg").body == b"from the backup"
+            # one failure (max_fails = 1) took the primary out for fail_timeout
+            assert nginx.request("HEAD", "/news/c.html").status == 200
+            assert not primary.seen_for("/news/c.html") and backup.seen_for("/news/c.html")
+            primary.answers["/news/c.html"] = Answer(503, {}, b"fenced")
+            for method, body in (("PUT", b"new"), ("DELETE", None), ("POST", b"form")):
+                r = nginx.request(method, "/news/c.html", body)
+                assert (r.status, r.body) == (503, b"fenced"), method
+            assert [s.method for s in primary.seen_for("/news/c.html")] == [
+                "PUT", "DELETE", "POST"
+            ]
+            assert {s.method for s in backup.seen} <= {"GET", "HEAD"}
+            assert not backup.seen_for("/readyz")
+            head = nginx.paths.access_log.read_text().splitlines()
+            tried = [json.loads(line)["upstream"] for line in head]
+            assert f"{_hp(primary.listen)}, {_hp(backup.listen)}" in tried
+
+
+def test_a_primary_that_refuses_connections_is_passed_over(tmp_path: Path) -> None:
+    with FakeOrigin() as backup:
+        down = ("127.0.0.1", free_port())
+        cfg = _legacy_at(make_config(tmp_path, down, fast_path=False), backup.listen)
+        require_nginx(cfg)
+        backup.answers["/images/a.jpg"] = Answer(200, {}, b"from the backup")
+        with Nginx(cfg) as nginx:
+            for _ in range(3):
+                assert nginx.request("GET", "/images/a.jpg").body == b"from the backup"
+            assert nginx.request("PUT", "/images/a.jpg", b"x").status == 502  # never the backup
+            backup.answers["/healthz"] = Answer(200, {}, b"ok")
+            assert nginx.request("GET", "/healthz").body == b"ok"  # the front still serves
+            assert not [s for s in backup.seen if s.method == "PUT"]
+
+
+def test_the_dynamic_pass_through(tmp_path: Path) -> None:
+    """Outside the routes, the origin's pages and the internal locations, requests go to the
+    app servers unchanged, without X-Tandem-Accel; an app's X-Accel-Redirect is not
+    followed (it cannot reach the volumes); the routes stay the origin's."""
+    with FakeOrigin() as origin, FakeOrigin() as app:
+        cfg = make_config(tmp_path, origin.listen, fast_path=False)
+        put(cfg.cluster.volumes[0].path / "ab/chunk_x", b"chunk bytes")
+        n = dataclasses.replace(cfg.nginx, app=AppConfig((app.listen,), 0, 10, 5.0))
+        cfg = dataclasses.replace(cfg, nginx=n)
+        require_nginx(cfg)
+        app.answers["/"] = Answer(200, {"Content-Type": "text/html"}, b"home page")
+        app.answers["/api/a%2Fb"] = Answer(200, {}, b"api")
+        app.answers["/sneaky"] = Answer(200, {"X-Accel-Redirect": "/_tandem/vol/0/ab/chunk_x"},
+                                        b"the app's own body")
+        origin.answers["/images/a.jpg"] = Answer(200, {}, b"asset")
+        with Nginx(cfg) as nginx:
+            assert nginx.request("GET", "/").body == b"home page"
+            assert nginx.request("GET", "/api/a%2Fb?q=1").body == b"api"  # not hostile here
+            r = nginx.request("POST", "/form", b"name=x")
+            assert r.status == 404 and app.seen[-1].body == b"name=x"
+            r = nginx.request("GET", "/sneaky")
+            assert (r.body, "x-accel-redirect" in r.headers) == (b"the app's own body", False)
+            assert nginx.request("GET", "/images/a.jpg").body == b"asset"
+            assert nginx.request("GET", "/images/x/../a.jpg").status == 400
+            assert all("x-tandem-accel" not in s.headers for s in app.seen)
+            assert [s.target for s in app.seen] == ["/", "/api/a%2Fb?q=1", "/form", "/sneaky"]
+
+
+def test_the_cache_serves_stale_answers_when_the_origins_fail(tmp_path: Path) -> None:
+    with FakeOrigin() as primary, FakeOrigin() as backup:
+        cfg = _two_sided(tmp_path, primary, backup)
+        cache = CacheConfig(tmp_path / "cache", 1 << 20, 60, 60)
+        cfg = dataclasses.replace(cfg, nginx=dataclasses.replace(cfg.nginx, cache=cache))
+        streamed = Answer(200, {"Cache-Control": "max-age=1"}, b"version 1")
+        primary.answers["/news/s.html"] = streamed
+        put(cfg.cluster.volumes[0].path / "ab/chunk_x", b"chunk bytes")
+        accel = Answer(200, {"X-Accel-Redirect": "/_tandem/vol/0/ab/chunk_x"})
+        primary.answers["/images/x.jpg"] = accel
+        with Nginx(cfg) as nginx:
+            for _ in range(2):
+                assert nginx.request("GET", "/news/s.html").body == b"version 1"
+                assert nginx.request("GET", "/images/x.jpg").body == b"chunk bytes"
+            assert len(primary.seen_for("/news/s.html")) == 1  # the second was a hit
+            assert len(primary.seen_for("/images/x.jpg")) == 2  # X-Accel: never cached
+            time.sleep(2.1)  # max-age=1 in nginx's whole seconds
+            for side in (primary, backup):
+                side.answers["/news/s.html"] = Answer(503, {}, b"down")
+            for _ in range(2):
+                r = nginx.request("GET", "/news/s.html")
+                assert (r.status, r.body) == (200, b"version 1")
+            statuses = [json.loads(line)["cache"]
+                        for line in nginx.paths.access_log.read_text().splitlines()]
+            assert "HIT" in statuses and ("STALE" in statuses or "UPDATING" in statuses)
