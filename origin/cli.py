@@ -2,22 +2,31 @@
 
     tandem [--config FILE] config check|show
     tandem [--config FILE] cluster COMMAND …       (see cluster/cli.py)
-    tandem [--config FILE] nginx render|check|reload (see nginx/cli.py)
+    tandem [--config FILE] nginx render|check|reload|run (see nginx/cli.py)
     tandem [--config FILE] sync run|status|verify    (see syncer/cli.py)
     tandem [--config FILE] flip --to cluster|legacy [--dry-run] [--timeout S] | --abort
                                                      (see syncer/flip.py)
-    tandem [--config FILE] up [--no-demo]
+    tandem [--config FILE] origin [--legacy]         (see origin/server.py)
+    tandem [--config FILE] up [--demo | --no-demo]   (see origin/up.py)
+    tandem [--config FILE] probe SERVICE [--ready] [--wait S]
+                                  exit 0 when that service of ``up`` is up (origin/probe.py)
 
 Cluster commands that change the namespace are refused while writers are fenced or the legacy
 directory is primary (``syncer.fence``).
 
 ``main(argv) -> int`` is what tests call. User errors print one line on stderr and exit 1.
+
+Environment, read here only: ``TANDEM_SUPERVISOR`` (set by ``tandem up`` for its children: they
+stop when it dies, see ``origin.lifetime``) and the effective user (``nginx.user``, below).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
+import pwd
 import sys
 from pathlib import Path
 
@@ -28,7 +37,7 @@ from nginx import cli as nginx_cli
 from nginx import runner as nginx_runner
 from nginx.errors import NginxError
 from origin import config as config_mod
-from origin import logs
+from origin import lifetime, logs, probe
 from syncer import cli as sync_cli
 from syncer import fence, flip, state
 from syncer.errors import FlipError, SyncError
@@ -55,8 +64,17 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--listen", help="HOST:PORT (default: origin.listen or legacy.listen)")
     o.add_argument("--workers", type=int, help="worker processes (default: origin.workers)")
     u = sub.add_parser("up", help="run the whole system on this machine (embedded default)")
-    u.add_argument("--no-demo", action="store_true", help="do not load the demo dataset")
+    # Also after ``up`` (``./dev up --config FILE``); SUPPRESS keeps the top-level value.
+    u.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    d = u.add_mutually_exclusive_group()
+    d.add_argument("--demo", dest="demo", action="store_true", default=None,
+                   help="load the demo dataset (what is missing of it), even into a cluster "
+                        "that has files (default: only into an empty cluster)")
+    d.add_argument("--no-demo", dest="demo", action="store_false",
+                   help="do not load the demo dataset")
     u.add_argument("--listen", help="HOST:PORT for the master (default: cluster.listen)")
+    pr = sub.add_parser("probe", help="exit 0 when a service of tandem up is up (health checks)")
+    probe.add_arguments(pr)
     return p
 
 
@@ -67,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tandem: config error: {exc}", file=sys.stderr)
         return 1
+    cfg = _nginx_user(cfg)
+    supervisor = os.environ.pop(lifetime.SUPERVISOR_ENV, "")
+    if supervisor.isdigit():
+        lifetime.die_with_parent(int(supervisor))
     server = args.command in ("up", "origin") or (
         args.command == "cluster" and args.cmd == "serve"
-    ) or (args.command == "sync" and args.action == "run")
+    ) or (args.command == "sync" and args.action == "run") or (
+        args.command == "nginx" and args.cmd == "run"
+    )
     # A flip is worth its log at the configured level (stderr; stdout is for people).
     level = cfg.log.level if server or args.command == "flip" else "warning"
     logs.configure(level, role=args.command, to_stderr=not server)
@@ -83,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from origin.up import up
 
-            return asyncio.run(up(cfg, demo=not args.no_demo, listen=args.listen))
+            return asyncio.run(up(cfg, load_demo=args.demo, listen=args.listen))
+        if args.command == "probe":
+            return probe.run(cfg, args.service, ready=args.ready, within=args.wait)
         if args.command == "origin":
             from origin.server import run
 
@@ -105,6 +131,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _nginx_user(cfg: config_mod.Config) -> config_mod.Config:
+    """``nginx.user = ""`` when tandem runs as root: the owner of ``data_dir`` (the current
+    user while it does not exist). nginx's own default, ``nobody``, cannot read data kept
+    under a private folder (``/root/…``), and the workers must read the volumes and the legacy
+    directory; the data's owner can. Resolved here, once per command, so that every command
+    that renders the config (``nginx check|reload|run``, ``flip``) renders the same user."""
+    if cfg.nginx.user or os.geteuid() != 0:
+        return cfg
+    try:
+        uid = cfg.data_dir.stat().st_uid
+    except OSError:
+        uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a name (a volume from another system): nginx's default
+        return cfg
+    return dataclasses.replace(cfg, nginx=dataclasses.replace(cfg.nginx, user=name))
 
 
 def _writes(args: argparse.Namespace) -> bool:

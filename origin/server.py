@@ -5,7 +5,13 @@ sanic app on it in their own event loop; the kernel spreads connections over the
 worker opens its own read-only metadata connection after the fork, so workers read
 concurrently while the master writes (SQLite WAL). A worker that dies is logged and replaced,
 with a growing delay if it keeps dying. SIGTERM/SIGINT stop the workers (they finish the
-requests in flight) and then the supervisor.
+requests in flight) and then the supervisor. A worker gets SIGTERM when the supervisor dies,
+even by SIGKILL (``origin.lifetime``), so none is left holding the port.
+
+Several ``tandem origin`` processes may listen on the same address (``SO_REUSEPORT``): that is
+how replicas run on one host (``compose.yaml``'s origin replicas share one network namespace);
+the kernel spreads connections over them. Not the legacy origin: one on the cluster origin's
+address by mistake must fail to bind rather than take half of its traffic.
 
 Why not sanic's own worker manager: it spawns fresh interpreters and owns signal handling
 and start-up; forking after ``bind`` keeps start-up to one config load and lets tandem's
@@ -25,6 +31,7 @@ import structlog
 import uvloop
 
 from cluster.http_server import bind
+from origin import lifetime
 from origin.config import Config
 
 log = structlog.get_logger("origin")
@@ -46,7 +53,7 @@ def run(cfg: Config, *, legacy: bool = False, listen: str | None = None,
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom)  # before prometheus_client is imported
-    sock = bind(host, port)
+    sock = bind(host, port, reuse_port=not legacy)  # replicas of the cluster origin only
     url = "http://{}:{}".format(*sock.getsockname()[:2])
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
     children: dict[int, int] = {}  # pid → worker number
@@ -72,11 +79,13 @@ def run(cfg: Config, *, legacy: bool = False, listen: str | None = None,
 
 
 def _spawn(cfg: Config, sock: socket.socket, role: str, n: int) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
+        lifetime.die_with_parent(parent)  # (SIGTERM is blocked until the unblock below)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
         code = uvloop.run(_worker(cfg, sock, role, n))
     except BaseException as exc:  # a worker must never return into the parent's code
