@@ -110,9 +110,11 @@ async def test_kill9_resumes_from_the_cursor(site: tuple[Path, str, Path]) -> No
         for i in range(30):
             await c.put(f"/news/{i}.html", f"story {i}".encode())
         syncer = start_syncer(config)
-        syncer.wait_event("sync.full_done")
-        await converge(c, legacy)
-        syncer.kill9()
+        try:
+            syncer.wait_event("sync.full_done")
+            await converge(c, legacy)
+        finally:
+            syncer.kill9()
         for i in range(30, 40):
             await c.put(f"/news/{i}.html", f"story {i}".encode())
         await c.rm("/news/0.html")
