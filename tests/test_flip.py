@@ -449,9 +449,15 @@ async def test_flip_reloads_nginx_with_the_new_primary(tmp_path: Path) -> None:
         try:
             legacy.wait_event("legacy.worker_ready")
             with Nginx(cfg) as nginx:
+                # A crawler's write through the origin: nginx serves it at once, and it is in
+                # the legacy directory within a second.
                 assert (await put_http(site, "/news/a.html", b"a")).status_code == 201
-                await converge(site)
+                written = time.monotonic()
                 assert nginx.request("GET", "/news/a.html").body == b"a"
+                await wait_for(lambda: (site.legacy / "news/a.html").exists(), within=1.0,
+                               what="the new file in the legacy directory within 1 s")
+                assert time.monotonic() - written < 1.0
+                await converge(site)
                 if os.geteuid() == 0:  # only root's nginx -t looks the user up
                     good = site.config.read_text()
                     site.config.write_text(good.replace('user = "root"',
@@ -471,6 +477,17 @@ async def test_flip_reloads_nginx_with_the_new_primary(tmp_path: Path) -> None:
                 await wait_for(lambda: nginx.request("GET", "/news/a.html").body == b"a"
                                and access_upstreams(nginx)[-1] == f"127.0.0.1:{legacy_port}",
                                what="nginx to proxy to the legacy origin")
+                # Legacy primary: the crawler writes the legacy directory again (the seed's
+                # old way); nginx serves it from there, and the syncer carries it to the cluster.
+                (site.legacy / "news/after.html").write_bytes(b"written to legacy")
+                await wait_for(lambda: nginx.request("GET", "/news/after.html").body
+                               == b"written to legacy", what="nginx to serve the legacy write")
+                assert access_upstreams(nginx)[-1] == f"127.0.0.1:{legacy_port}"
+                for _ in range(100):
+                    if await in_cluster(site, "/news/after.html") == b"written to legacy":
+                        break
+                    await asyncio.sleep(0.1)
+                assert await in_cluster(site, "/news/after.html") == b"written to legacy"
                 r = site.tandem("flip", "--to", "cluster", "--timeout", "30")
                 assert r.returncode == 0 and "nginx    reloaded" in r.stdout, r.stdout + r.stderr
                 conf = nginx.paths.conf.read_text()
