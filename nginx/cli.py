@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from nginx import runner
 from nginx.errors import NginxError
-from nginx.render import Layout, Primary, render
 
 if TYPE_CHECKING:
+    from nginx.render import Primary
     from origin.config import Config
 
 
@@ -41,6 +40,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config, primary: Primary) -> int:
+    # Imported here, as in _foreground: every other tandem command starts without them.
+    from nginx import runner
+    from nginx.render import render
+
     try:
         if args.cmd == "render":
             # surrogateescape: a non-UTF-8 folder name goes out as the bytes it is
@@ -62,6 +65,9 @@ def _foreground(cfg: Config, primary: Primary) -> int:
     SIGINT here, which stop it gracefully (``runner.stop``: SIGQUIT, SIGKILL to its process
     group after 10 s). Exit 0 after such a stop, 1 when nginx exited by itself (its reason is
     in ``error.log``). ``tandem flip`` reloads it through its pid file as any other nginx."""
+    from nginx import runner
+    from nginx.render import Layout
+
     log = structlog.get_logger("nginx")
     stop: list[int] = []
 

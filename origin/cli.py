@@ -34,12 +34,11 @@ from cluster import cli as cluster_cli
 from cluster.config import ConfigError
 from cluster.errors import ClusterError
 from nginx import cli as nginx_cli
-from nginx import runner as nginx_runner
 from nginx.errors import NginxError
 from origin import config as config_mod
 from origin import lifetime, logs, probe
 from syncer import cli as sync_cli
-from syncer import fence, flip, state
+from syncer import fence, state
 from syncer.errors import FlipError, SyncError
 
 # ``tandem cluster`` commands that change what the syncer mirrors.
@@ -57,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     cluster_cli.add_parser(sub)
     nginx_cli.add_parser(sub)
     sync_cli.add_parser(sub)
-    flip.add_parser(sub)
+    sync_cli.add_flip_parser(sub)
     o = sub.add_parser("origin", help="serve asset URLs from the cluster (or --legacy directory)")
     o.add_argument("--legacy", action="store_true",
                    help="serve the legacy directory (legacy.dir) on legacy.listen instead")
@@ -117,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sync":
             return sync_cli.run(args, cfg)
         if args.command == "flip":
+            from syncer import flip
+
             return flip.run(args, cfg, NginxFront(cfg))
         if args.command == "nginx":
             return nginx_cli.run(args, cfg, state.read_primary(cfg.sync.state_dir))
@@ -160,21 +161,24 @@ class NginxFront:
     """``nginx.runner`` as the flip's ``Front`` (the syncer imports no nginx)."""
 
     def __init__(self, cfg: config_mod.Config) -> None:
+        from nginx import runner  # imported only when a flip runs
+
+        self.runner = runner
         self.cfg = cfg
         self.where = f"nginx on {cfg.nginx.run_dir}"
 
     def running(self) -> int | None:
-        return nginx_runner.running(self.cfg)
+        return self.runner.running(self.cfg)
 
     def test(self, primary: state.Primary) -> None:
         try:
-            nginx_runner.check_only(self.cfg, primary)
+            self.runner.check_only(self.cfg, primary)
         except NginxError as exc:
             raise FlipError(f"nginx refuses the config for primary {primary}: {exc}") from None
 
     def reload(self, primary: state.Primary) -> None:
         try:
-            nginx_runner.reload(self.cfg, primary)
+            self.runner.reload(self.cfg, primary)
         except NginxError as exc:
             raise FlipError(f"nginx reload failed: {exc}") from None
 

@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from syncer.state import PRIMARIES
+
 if TYPE_CHECKING:  # the composed config; the syncer needs only its own and these sections
     from origin.config import Config
 
@@ -36,6 +38,21 @@ def add_parser(sub: Any) -> None:
                    help="full: delete what the target has and the source has not")
     p.add_argument("--concurrency", type=int,
                    help="copies at once (default: sync.concurrency)")
+
+
+def add_flip_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "flip", help="make the cluster or the legacy directory primary (the rollback runbook)",
+        description="fence writers, drain the syncer, verify both sides, switch the primary, "
+                    "reload nginx, unfence; journaled: running it again continues",
+    )
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--to", choices=PRIMARIES, help="the side that becomes primary")
+    g.add_argument("--abort", action="store_true",
+                   help="cancel an unfinished flip that has not switched yet (unfence)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for the syncer to drain or switch (default 300)")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

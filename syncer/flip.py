@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -416,21 +416,6 @@ def flip_lock(state_dir: Path) -> Iterator[None]:
 
 
 # -- the command -------------------------------------------------------------------------------
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "flip", help="make the cluster or the legacy directory primary (the rollback runbook)",
-        description="fence writers, drain the syncer, verify both sides, switch the primary, "
-                    "reload nginx, unfence; journaled: running it again continues",
-    )
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--to", choices=PRIMARIES, help="the side that becomes primary")
-    g.add_argument("--abort", action="store_true",
-                   help="cancel an unfinished flip that has not switched yet (unfence)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--timeout", type=float, default=300.0,
-                   help="seconds to wait for the syncer to drain or switch (default 300)")
 
 
 def run(args: argparse.Namespace, cfg: Config, front: Front) -> int:
