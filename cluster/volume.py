@@ -84,10 +84,16 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _fsync_dir(path: str | Path) -> None:
+def sync_folder(path: str | bytes | Path, *, whole_fs: bool = False) -> None:
+    """fsync the folder ``path`` (its entries: names created, renamed, removed), or with
+    ``whole_fs`` everything written to the filesystem holding it (``syncfs``). Raises
+    ``OSError``."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        if whole_fs:
+            syncfs(fd)
+        else:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -135,7 +141,7 @@ class LocalVolume:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             tmp.rename(root / MARKER)
-            _fsync_dir(root)
+            sync_folder(root)
         except OSError as exc:
             raise map_os_error(exc, f"{root}: cannot create volume") from None
         return cls(root)
@@ -181,13 +187,10 @@ class LocalVolume:
     def sync(self) -> None:
         """Make every earlier ``write_nosync`` durable: one syncfs(2) of the volume's
         filesystem instead of an fsync per file and folder."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            syncfs(fd)
+            sync_folder(self.root, whole_fs=True)
         except OSError as exc:
             raise map_os_error(exc, f"{self.root}: syncfs") from None
-        finally:
-            os.close(fd)
 
     @functools.cached_property
     def sync_domain(self) -> int:
@@ -220,7 +223,7 @@ class LocalVolume:
             finally:
                 os.close(fd)
             if durable:
-                _fsync_dir(folder)
+                sync_folder(folder)
         except OSError as exc:
             for leftover in (final, f"{final}.crc", f"{folder}/.tmp.{name}.crc"):
                 with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cluster.volume import sync_folder
 from syncer.errors import StateError
 
 Primary = Literal["cluster", "legacy"]
@@ -56,11 +57,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         tmp.unlink(missing_ok=True)
         raise
     if durable:
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_folder(path.parent)
 
 
 # -- primary -----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cluster.volume import syncfs
+from cluster.volume import sync_folder
 from syncer.errors import CommitFailed, Skipped, SyncError, TargetError
 from syncer.tree import Item, SourceChanged, lstat_item, read_lease, sha256_file, walk
 
@@ -209,11 +209,7 @@ class DirectoryTarget:
                 return
             done = 0
             try:
-                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    syncfs(fd)
-                finally:
-                    os.close(fd)
+                sync_folder(self.root, whole_fs=True)
                 for _, tmp, final in batch:
                     if os.path.isdir(final) and not os.path.islink(final):
                         shutil.rmtree(final)  # a directory became a file
@@ -349,24 +345,14 @@ class DirectoryTarget:
         whole filesystem at once (syncfs) when many were."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-        if len(dirty) > FLUSH_FOLDERS:
-            dirty = {self.root}
-            sync = syncfs
-        else:
-            sync = os.fsync
-        for folder in sorted(dirty):
+        whole_fs = len(dirty) > FLUSH_FOLDERS
+        for folder in [self.root] if whole_fs else sorted(dirty):
             try:
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                sync_folder(folder, whole_fs=whole_fs)
             except FileNotFoundError:
                 continue  # removed since: nothing of it to keep
             except OSError as exc:
-                raise _target_error(exc, f"open folder {os.fsdecode(folder)}") from None
-            try:
-                sync(fd)
-            except OSError as exc:
                 raise _target_error(exc, f"sync folder {os.fsdecode(folder)}") from None
-            finally:
-                os.close(fd)
 
     def _make_dirs(self, folder: bytes) -> None:
         if os.path.isdir(folder):
