@@ -112,6 +112,65 @@ class VolumeConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """A chunk store in an S3 bucket (``[[cluster.volumes]]`` with ``kind = "s3"``)."""
+
+    bucket: str
+    prefix: str = ""  # key prefix, e.g. "tandem/" (chunks are <prefix><folder>/<name>)
+    endpoint: str = ""  # "http://127.0.0.1:7480"; empty: AWS S3
+    region: str = "us-east-1"
+    access_key: str = ""  # empty: botocore's chain (AWS_ACCESS_KEY_ID …, ~/.aws, a role)
+    secret_key: str = ""
+    addressing: str = "path"  # path | virtual | auto (path style suits Ceph, MinIO)
+    multipart_threshold: int = 16 * MIB  # chunks larger than this go up in parts
+    part_size: int = 8 * MIB
+    max_attempts: int = 3  # botocore's standard retries: the only retry layer
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_connections: int = 64
+    capacity: int = 1 << 50  # S3 reports no capacity: what ``stat`` answers
+
+    @property
+    def name(self) -> str:
+        where = self.endpoint.rstrip("/") if self.endpoint else "aws"
+        return f"s3:{where}/{self.bucket}/{self.prefix}"
+
+
+def load_s3(v: Table) -> S3Config:
+    """The keys of an S3 volume (``kind = "s3"``); ``done`` is the caller's."""
+    bucket = v.string("bucket", "")
+    if not bucket:
+        raise ConfigError(f"{v.key('bucket')}: an S3 volume needs a bucket")
+    prefix = v.string("prefix", "")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    addressing = v.string("addressing", "path")
+    if addressing not in ("path", "virtual", "auto"):
+        raise ConfigError(f"{v.key('addressing')}: expected path, virtual or auto")
+    access, secret = v.string("access_key", ""), v.string("secret_key", "")
+    if bool(access) != bool(secret):
+        raise ConfigError(f"{v.key('secret_key' if access else 'access_key')}: "
+                          "access_key and secret_key go together (or neither: environment)")
+    part_size = v.integer("part_size", 8 * MIB, 5 * MIB, 5 << 30)
+    return S3Config(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint=v.string("endpoint", ""),
+        region=v.string("region", "us-east-1"),
+        access_key=access,
+        secret_key=secret,
+        addressing=addressing,
+        multipart_threshold=v.integer("multipart_threshold", 16 * MIB, 5 * MIB, 5 << 30),
+        part_size=part_size,
+        max_attempts=v.integer("max_attempts", 3, 1, 20),
+        connect_timeout=v.number("connect_timeout", 5.0, 0.1, 600.0),
+        read_timeout=v.number("read_timeout", 30.0, 0.1, 3600.0),
+        max_connections=v.integer("max_connections", 64, 1, 4096),
+        capacity=v.integer("capacity", 1 << 50, 1, 1 << 62),
+    )
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     listen: tuple[str, int]
     meta_dir: Path
@@ -125,6 +184,8 @@ class ClusterConfig:
     health_interval: float
     work_interval: float
     view: bool  # keep each volume's hard-link view (the nginx fast path) up to date
+    # ``[[cluster.volumes]]`` with ``kind = "s3"``: parsed, not yet served by the master.
+    s3_volumes: tuple[S3Config, ...] = ()
 
     @property
     def url(self) -> str:
@@ -134,17 +195,26 @@ class ClusterConfig:
 
 def load_cluster(t: Table, data_dir: Path) -> ClusterConfig:
     vols = t.tables("volumes")
+    s3_volumes: list[S3Config] = []
     if vols is None:
         volumes = tuple(VolumeConfig(data_dir / "volumes" / f"vol{i}") for i in range(3))
     else:
-        volumes = tuple(VolumeConfig(v.path("path", Path())) for v in vols)
+        local: list[VolumeConfig] = []
         for v in vols:
+            kind = v.string("kind", "local")
+            if kind == "local":
+                local.append(VolumeConfig(v.path("path", Path())))
+            elif kind == "s3":
+                s3_volumes.append(load_s3(v))
+            else:
+                raise ConfigError(f"{v.key('kind')}: expected local or s3, got {kind!r}")
             v.done()
-        if not volumes:
+        volumes = tuple(local)
+        if not vols:
             raise ConfigError(f"{t.key('volumes')}: at least one volume is needed")
         if len({v.path.resolve() for v in volumes}) != len(volumes):
             raise ConfigError(f"{t.key('volumes')}: the same path is listed twice")
-        if len(volumes) > 62:
+        if len(volumes) + len(s3_volumes) > 62:
             raise ConfigError(f"{t.key('volumes')}: at most 62 volumes per master")
     chunk_size = t.integer("chunk_size", 64 * MIB, BLOCK, 64 * MIB)
     if chunk_size % BLOCK:
@@ -162,6 +232,7 @@ def load_cluster(t: Table, data_dir: Path) -> ClusterConfig:
         health_interval=t.number("health_interval", 2.0, 0.05, 3600.0),
         work_interval=t.number("work_interval", 5.0, 0.05, 3600.0),
         view=t.boolean("view", True),
+        s3_volumes=tuple(s3_volumes),
     )
     t.done()
     return cfg

@@ -30,7 +30,7 @@ import structlog
 
 from cluster import paths, schema
 from cluster.batch import BATCH_MAX, PendingWrite, write_and_sync
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, ConfigError
 from cluster.errors import (
     ChunkCorrupt,
     ChunkMissing,
@@ -210,6 +210,11 @@ class Master:
         )
 
     async def _open_volumes(self) -> None:
+        if self.cfg.s3_volumes:
+            raise ConfigError(
+                f"cluster.volumes: kind = \"s3\" ({self.cfg.s3_volumes[0].name}) is not served "
+                "by the master yet: only the S3 chunk store itself exists (cluster/s3store.py)"
+            )
         known = await self._db(self.meta.volumes)
         for vc in self.cfg.volumes:
             path = str(vc.path.resolve())

@@ -98,6 +98,11 @@ def render(cfg: Config) -> str:
     ]
     for v in c.volumes:
         lines += ["", "[[cluster.volumes]]", f'path = "{v.path}"']
+    for s3 in c.s3_volumes:
+        lines += ["", "[[cluster.volumes]]", 'kind = "s3"', f"endpoint = {_q(s3.endpoint)}",
+                  f"bucket = {_q(s3.bucket)}", f"prefix = {_q(s3.prefix)}",
+                  f"region = {_q(s3.region)}", f"access_key = {_q(s3.access_key)}",
+                  f"secret_key = {_q('<set>' if s3.secret_key else '')}"]
     o = cfg.origin
     lines += [
         "",

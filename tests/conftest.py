@@ -14,3 +14,20 @@ def _fresh_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(scope="session")
+def ceph_rgw() -> Iterator[object]:
+    """A real Ceph RGW (S3) on loopback, started once per session and stopped by PID at its
+    end (``tests/cephrgw.py``). Skipped, with the reason, where Ceph is not installed."""
+    import cephrgw
+
+    missing = cephrgw.missing()
+    if missing:
+        pytest.skip(f"Ceph not installed ({', '.join(missing)}): "
+                    f"apt-get install {cephrgw.PACKAGES} (./dev test does)")
+    engine = cephrgw.CephRgw.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()

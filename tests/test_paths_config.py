@@ -277,3 +277,34 @@ def test_render_round_trips(tmp_path: Path) -> None:
     assert again.legacy == cfg.legacy
     assert again.nginx == cfg.nginx
     assert again.sync == cfg.sync
+
+
+def test_s3_volume(tmp_path: Path) -> None:
+    text = (
+        '[[cluster.volumes]]\npath = "v0"\n'
+        '[[cluster.volumes]]\nkind = "s3"\nendpoint = "http://127.0.0.1:7480"\n'
+        'bucket = "tandem"\nprefix = "chunks"\naccess_key = "AK"\nsecret_key = "SK"\n'
+        "multipart_threshold = 8388608\n"
+    )
+    c = load(write(tmp_path, text), required=True).cluster
+    assert [v.path.name for v in c.volumes] == ["v0"]
+    (s3,) = c.s3_volumes
+    assert (s3.bucket, s3.prefix, s3.endpoint, s3.region) == (
+        "tandem", "chunks/", "http://127.0.0.1:7480", "us-east-1")
+    assert s3.multipart_threshold == 8 << 20 and s3.max_attempts == 3
+    assert s3.name == "s3:http://127.0.0.1:7480/tandem/chunks/"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('kind = "s3"\n', r"cluster\.volumes\[0\]\.bucket: an S3 volume needs a bucket"),
+        ('kind = "s3"\nbucket = "b"\npath = "/x"\n', r"cluster\.volumes\[0\]\.path: unknown"),
+        ('kind = "s3"\nbucket = "b"\naccess_key = "a"\n', r"volumes\[0\]\.secret_key: .*together"),
+        ('kind = "s3"\nbucket = "b"\npart_size = 1024\n', r"volumes\[0\]\.part_size: .*range"),
+        ('kind = "nfs"\n', r"cluster\.volumes\[0\]\.kind: expected local or s3"),
+    ],
+)
+def test_bad_s3_volume_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, "[[cluster.volumes]]\n" + text), required=True)
