@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import threading
@@ -35,7 +36,16 @@ from typing import Literal
 
 from cluster.volume import sync_folder
 from syncer.errors import CommitFailed, Skipped, SyncError, TargetError
-from syncer.tree import Item, SourceChanged, lstat_item, read_lease, sha256_file, walk
+from syncer.tree import (
+    Item,
+    NotAFile,
+    SourceChanged,
+    item_of,
+    lstat_item,
+    read_lease,
+    sha256_file,
+    walk,
+)
 
 TMP = b".tandem-sync."  # prefix of a file being written; never a final name
 TRASH = b".tandem-trash"  # the folder the ``trash`` delete policy moves deletions to
@@ -74,6 +84,9 @@ class DirectoryTarget:
         self._lock = threading.Lock()  # _staged and _dirty, between worker threads
         self._commit_lock = threading.Lock()
         self._sweep = True  # the first scan removes temporary files of an earlier process
+        self._tmp_prefix = TMP + os.urandom(4).hex().encode() + b"."  # this process's names
+        self._tmp_count = itertools.count()
+        self._folders: set[bytes] = set()  # folders this target made or saw: not stat'ed again
 
     def path(self, rel: bytes) -> bytes:
         return self.root + b"/" + check_rel(rel)
@@ -110,6 +123,7 @@ class DirectoryTarget:
         that fails."""
         try:
             if os.path.isdir(final) and not os.path.islink(final):
+                self._folders.clear()
                 shutil.rmtree(final)  # a folder became a file or a link
             os.rename(tmp, final)
         except OSError as exc:
@@ -118,43 +132,54 @@ class DirectoryTarget:
             raise _target_error(exc, f"{what} {os.fsdecode(rel)}") from None
         self._touch(os.path.dirname(final))
 
-    def stage_copy(self, rel: bytes, source: bytes, item: Item) -> None:
-        """Copy the local file ``source`` (expected to be ``item``) to a temporary name beside
-        ``rel``, under a read lease (``tree.read_lease``); ``commit`` renames it into place.
-        Raises ``SourceChanged`` (nothing staged) when the source is open for writing, is not
-        ``item`` any more, or changes during the copy."""
+    def stage_copy(self, rel: bytes, source: bytes, item: Item | None = None) -> Item:
+        """Copy the local file ``source`` to a temporary name beside ``rel``, under a read
+        lease (``tree.read_lease``); ``commit`` renames it into place. Returns what was
+        copied. Raises ``SourceChanged`` (nothing staged) when the source is open for writing,
+        is not ``item`` (when given) any more, or changes during the copy, and ``NotAFile``
+        when it is not a regular file (any more)."""
         final = self.path(rel)
         folder = os.path.dirname(final)
         tmp = self._tmp_name(folder)
-        try:
-            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        try:  # O_NONBLOCK: a fifo must not block the open
+            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
-            raise SourceChanged(f"{os.fsdecode(source)}: {exc.strerror}") from None
+            raise NotAFile(f"{os.fsdecode(source)}: {exc.strerror}") from None
         try:
             with read_lease(src, source):
-                if not _is(os.fstat(src), item):
+                found = item_of(os.fstat(src))
+                if found.kind != "file":
+                    raise NotAFile(f"{os.fsdecode(source)} is not a regular file")
+                if item is not None and found != item:
                     raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
-                self._write_tmp(rel, folder, tmp, lambda fd: _copy_fd(src, fd, item.size),
-                                item, fsync=False)
-                if not _is(os.fstat(src), item):
+                self._write_tmp(rel, folder, tmp, lambda fd: _copy_fd(src, fd, found.size),
+                                found, fsync=False)
+                if not _is(os.fstat(src), found):
                     os.unlink(tmp)
                     raise SourceChanged(f"{os.fsdecode(source)} changed during the copy")
         finally:
             os.close(src)
         with self._lock:
             self._staged.append((rel, tmp, final))
+        return found
 
-    @staticmethod
-    def _tmp_name(folder: bytes) -> bytes:
-        return folder + b"/" + TMP + os.urandom(6).hex().encode()
+    def _tmp_name(self, folder: bytes) -> bytes:
+        return folder + b"/" + self._tmp_prefix + b"%d" % next(self._tmp_count)
 
     def _write_tmp(self, rel: bytes, folder: bytes, tmp: bytes, fill: Callable[[int], None],
                    item: Item, *, fsync: bool) -> None:
         """``tmp`` made in ``folder`` (created if needed), filled, given ``item``'s mode and
         mtime, fsynced if asked; removed again on any failure."""
         try:
-            self._make_dirs(folder)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            if folder not in self._folders:  # folders known to be there: no stat per file
+                self._make_dirs(folder)
+                self._folders.add(folder)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except (FileNotFoundError, NotADirectoryError):  # it went away since
+                self._folders.clear()
+                self._make_dirs(folder)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 fill(fd)
                 os.fchmod(fd, item.mode & 0o7777)
@@ -179,13 +204,10 @@ class DirectoryTarget:
         stops the batch and is returned with the paths not done."""
         out = Staged()
         for i, rel in enumerate(rels):
-            source = root + b"/" + rel
-            item = lstat_item(source)
-            if item is None or item.kind != "file":
-                out.other.append(rel)
-                continue
             try:
-                self.stage_copy(rel, source, item)
+                item = self.stage_copy(rel, root + b"/" + rel)
+            except NotAFile:
+                out.other.append(rel)
             except SourceChanged:
                 out.changed.append(rel)
             except (TargetError, Skipped) as exc:
@@ -212,6 +234,7 @@ class DirectoryTarget:
                 sync_folder(self.root, whole_fs=True)
                 for _, tmp, final in batch:
                     if os.path.isdir(final) and not os.path.islink(final):
+                        self._folders.clear()
                         shutil.rmtree(final)  # a directory became a file
                     os.rename(tmp, final)
                     done += 1
@@ -293,6 +316,7 @@ class DirectoryTarget:
         """Apply the delete policy to ``rel`` (file or tree); False when it was not there."""
         final = self.path(rel)
         self._unstage(final)
+        self._folders.clear()
         if not os.path.lexists(final):
             return False
         if self.deletes == "keep":
@@ -321,6 +345,7 @@ class DirectoryTarget:
         a, b = self.path(src), self.path(dst)
         self._unstage(a)
         self._unstage(b)
+        self._folders.clear()
         try:
             self._make_dirs(os.path.dirname(b))
             if os.path.isdir(b) and not os.path.islink(b) and not os.path.isdir(a):

@@ -102,6 +102,10 @@ class SourceChanged(Exception):
     was exposed; the path is looked at again."""
 
 
+class NotAFile(SourceChanged):
+    """The source is not a regular file (any more): a link, a folder, a fifo, or gone."""
+
+
 _leases = False
 _breaks = 0  # leases the kernel asked back (a writer opened a file we hold a lease on)
 
