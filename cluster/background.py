@@ -30,6 +30,7 @@ from tenacity import (
     wait_random,
 )
 
+from cluster import placement
 from cluster.crc import BLOCK
 from cluster.errors import ChunkCorrupt, ChunkMissing, ClusterError, NotFound, StoreError
 from cluster.meta import Chunk
@@ -87,6 +88,17 @@ def counted_mask(m: Master) -> int:
     )
 
 
+def kind_masks(m: Master) -> tuple[int, ...]:
+    """Per kind of store, the volumes of it that can take a copy now (``placement.py``:
+    a chunk with several copies should have one on each such kind)."""
+    vols = m._candidates()
+    return tuple(sum(v.bit for v in vols if v.kind == k) for k in placement.KINDS)
+
+
+def _misplaced(m: Master, copies: int) -> bool:
+    return copies.bit_count() > 1 and any(k and not copies & k for k in kind_masks(m))
+
+
 def _retrying() -> AsyncRetrying:
     """The one retry policy for whole background operations on chunks."""
     return AsyncRetrying(
@@ -102,7 +114,7 @@ async def replicate_pass(m: Master) -> None:
     after, fixed = 0, 0
     while True:
         counted = counted_mask(m)
-        page = await m._db(m.meta.needing_work, counted, after, PAGE)
+        page = await m._db(m.meta.needing_work, counted, after, PAGE, kind_masks(m))
         if not page:
             break
         for c in page:
@@ -138,7 +150,7 @@ async def _fix_step(m: Master, chunk_id: int, counted: int) -> int:
     except NotFound:  # purged since the page was read
         return 0
     readable = c.copies & m.readable_mask
-    have = (c.copies & counted).bit_count()
+    have = placement.worth(v for v in m.volumes.values() if c.copies & counted & v.bit)
     if have < c.goal:
         if not readable:
             _bump(m, "missing_chunks_seen")
@@ -146,21 +158,27 @@ async def _fix_step(m: Master, chunk_id: int, counted: int) -> int:
             return 0
         return await _add_copy(m, c)
     if readable.bit_count() > c.goal:
-        victim = next(v for v in reversed(list(m.volumes.values())) if readable & v.bit)
+        victim = placement.victim([v for v in m.volumes.values() if readable & v.bit])
         await m._mutate(lambda: m.meta.set_copies(c.id, remove=victim.bit))
         await victim.store.delete(ChunkKey(c.id, c.version))
         m.forget_links([victim])
         _bump(m, "copies_removed")
         log.info("replicate.removed", chunk=ChunkKey(c.id, c.version).name, volume=victim.path)
         return 1
+    if _misplaced(m, readable):  # a copy on the kind it lacks; then the extra one goes
+        return await _add_copy(m, c)
     return 0
 
 
 async def _add_copy(m: Master, c: Chunk) -> int:
     key = ChunkKey(c.id, c.version)
     sources = [v for v in m.volumes.values() if c.copies & v.bit and v.readable]
-    targets = [v for v in m._candidates() if not c.copies & v.bit]
-    if not targets:
+    sources.sort(key=lambda v: v.kind != "local")  # read a local copy when there is one
+    target = placement.next_target(
+        [v for v in m._candidates() if not c.copies & v.bit],
+        [v for v in m.volumes.values() if c.copies & v.bit],
+    )
+    if target is None:
         return 0
     data, mtime = None, None
     for src in sources:
@@ -174,7 +192,6 @@ async def _add_copy(m: Master, c: Chunk) -> int:
             await m.drop_copies(c, [src])
     if data is None:
         return 0
-    target = targets[0]
     m.inflight.add((target.id, c.id))
     try:
         try:

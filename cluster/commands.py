@@ -227,7 +227,7 @@ async def _fileinfo(c: Any, args: argparse.Namespace) -> int:
             if not info.copies:
                 out("\t\tno valid copies !!!")
             for i, cp in enumerate(info.copies, 1):
-                out(f"\t\tcopy {i}: volume {cp.volume} {cp.path} ({cp.state})")
+                out(f"\t\tcopy {i}: volume {cp.volume} {cp.kind} {cp.path} ({cp.state})")
     return 0
 
 
@@ -306,8 +306,11 @@ async def _status(c: Any, args: argparse.Namespace) -> int:
     out("volumes:")
     for v in s["volumes"]:
         why = f"  ({v['reason']})" if v["reason"] else ""
-        out(f"  {v['id']:>2} {v['state']:<8} {v['used'] / gib:8.2f} GiB used "
-            f"{v['free'] / gib:8.2f} GiB free  {v['path']}{why}")
+        if v["kind"] == "s3":  # S3 reports no usage; a copy may count as several
+            space = f"{'counts as ' + str(v['counts_as']):<37}"
+        else:
+            space = f"{v['used'] / gib:8.2f} GiB used {v['free'] / gib:8.2f} GiB free  "
+        out(f"  {v['id']:>2} {v['kind']:<5} {v['state']:<8} {space}{v['path']}{why}")
     out(f"files: {s['files']}  directories: {s['directories']}  chunks: {s['chunks']} "
         f"({s['chunk_bytes']} bytes)")
     out(f"under goal: {s['under_goal']}  over goal: {s['over_goal']}  missing: {s['missing']}")

@@ -129,6 +129,7 @@ class S3Config:
     read_timeout: float = 30.0
     max_connections: int = 64
     capacity: int = 1 << 50  # S3 reports no capacity: what ``stat`` answers
+    counts_as: int = 1  # a copy here counts as this many toward a goal (the engine's own copies)
 
     @property
     def name(self) -> str:
@@ -167,6 +168,7 @@ def load_s3(v: Table) -> S3Config:
         read_timeout=v.number("read_timeout", 30.0, 0.1, 3600.0),
         max_connections=v.integer("max_connections", 64, 1, 4096),
         capacity=v.integer("capacity", 1 << 50, 1, 1 << 62),
+        counts_as=v.integer("counts_as", 1, 1, 9),
     )
 
 
@@ -184,7 +186,7 @@ class ClusterConfig:
     health_interval: float
     work_interval: float
     view: bool  # keep each volume's hard-link view (the nginx fast path) up to date
-    # ``[[cluster.volumes]]`` with ``kind = "s3"``: parsed, not yet served by the master.
+    # ``[[cluster.volumes]]`` with ``kind = "s3"`` (``cluster/s3store.py``).
     s3_volumes: tuple[S3Config, ...] = ()
 
     @property

@@ -33,7 +33,7 @@ async def fsck(m: Master, *, verify: bool = False, repair: bool = False) -> dict
             checked += 1
             key = ChunkKey(c.id, c.version)
             bad: list[Volume] = []
-            good = 0
+            good = worth = 0
             for v in m.volumes.values():
                 if not c.copies & v.bit or not v.readable:
                     continue
@@ -50,6 +50,7 @@ async def fsck(m: Master, *, verify: bool = False, repair: bool = False) -> dict
                     continue
                 if ok:
                     good += 1
+                    worth += v.worth
                 else:
                     bad.append(v)
                     problems.append(f"{key.name}: bad or missing copy on {v.path}")
@@ -57,7 +58,7 @@ async def fsck(m: Master, *, verify: bool = False, repair: bool = False) -> dict
             if good == 0:
                 missing += 1
                 problems.append(f"{key.name}: no good copy")
-            elif good < c.goal:
+            elif worth < c.goal:
                 under += 1
             if repair and bad and good:
                 await m.drop_copies(c, bad)

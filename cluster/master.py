@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from cluster import paths, schema
+from cluster import paths, placement, schema
 from cluster.batch import BATCH_MAX, PendingWrite, write_and_sync
-from cluster.config import ClusterConfig, ConfigError
+from cluster.config import ClusterConfig
 from cluster.errors import (
     ChunkCorrupt,
     ChunkMissing,
@@ -60,8 +60,10 @@ class Volume:
     """A configured volume and what the master knows of its health."""
 
     id: int
-    path: str
+    path: str  # a local volume's directory; an S3 volume's ``S3Config.name``
     store: ChunkStore
+    kind: str = "local"  # local | s3
+    worth: int = 1  # what a copy here counts toward a goal (``placement.py``)
     state: str = "ok"  # ok | full | readonly | missing
     reason: str = ""
     since: float = field(default_factory=time.monotonic)
@@ -95,6 +97,7 @@ class CopyInfo:
     volume: int
     path: str
     state: str
+    kind: str = "local"
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class Master:
         self._id_pos = 0
         self._rotation = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stack = contextlib.AsyncExitStack()  # S3 connections, closed last
         self._lock_fd = -1
         self.meta: Meta
         # A second, read-only connection used on the event loop itself for the hot, short
@@ -136,6 +140,7 @@ class Master:
         try:
             await self._open()
         except BaseException:
+            await self._stack.aclose()
             self._release_lock()
             self._executor.shutdown(wait=False)
             if self.reader is not None:
@@ -153,6 +158,7 @@ class Master:
             self.reader.db.close()
         await self._db(self.meta.db.close)
         self._executor.shutdown(wait=True)
+        await self._stack.aclose()
         self._release_lock()
         log.info("master.stopped")
 
@@ -210,11 +216,6 @@ class Master:
         )
 
     async def _open_volumes(self) -> None:
-        if self.cfg.s3_volumes:
-            raise ConfigError(
-                f"cluster.volumes: kind = \"s3\" ({self.cfg.s3_volumes[0].name}) is not served "
-                "by the master yet: only the S3 chunk store itself exists (cluster/s3store.py)"
-            )
         known = await self._db(self.meta.volumes)
         for vc in self.cfg.volumes:
             path = str(vc.path.resolve())
@@ -232,7 +233,25 @@ class Master:
                 removed = await asyncio.to_thread(vol.store.remove_temp)
                 if removed:
                     log.info("volume.temp_removed", volume=path, files=removed)
+        if self.cfg.s3_volumes:
+            await self._open_s3_volumes(known)
+        await self._db(self.meta.set_worth, {v.bit: v.worth for v in self.volumes.values()})
         await self.check_volumes()
+
+    async def _open_s3_volumes(self, known: dict[str, tuple[int, str]]) -> None:
+        """S3 volumes: one connection per endpoint and credentials, shared by its stores.
+        A new volume is registered by the name of its bucket and prefix and marked (its
+        marker object) on its first start; an engine that cannot be reached now leaves the
+        volume ``missing`` until the health check finds it (its copies are read elsewhere)."""
+        from cluster.s3store import open_stores  # aioboto3 is loaded only when S3 is used
+
+        for sc, store in await open_stores(self.cfg.s3_volumes, self._stack):
+            if sc.name in known:
+                vid = known[sc.name][0]
+            else:
+                vid = await self._mutate(functools.partial(self.meta.add_volume, sc.name, ""))
+                log.info("volume.added", volume=sc.name, id=vid, kind="s3")
+            self.volumes[vid] = Volume(vid, sc.name, store, kind="s3", worth=sc.counts_as)
 
     async def check_volumes(self) -> None:
         """Refresh every volume's state from the disk (the health checker calls this)."""
@@ -241,6 +260,8 @@ class Master:
             state, reason = "ok", ""
             if isinstance(vol.store, LocalVolume):
                 state, reason = await self._local_state(vol, known[vol.path][1])
+            elif vol.kind == "s3":
+                state, reason = await self._s3_state(vol, known[vol.path][1])
             # stat after _local_state: it may just have adopted a replaced (empty) disk
             st = await vol.store.stat()
             vol.total, vol.free = st.total, st.free
@@ -268,6 +289,29 @@ class Master:
             log.warning("volume.replaced", volume=vol.path, id=vol.id)
             return "ok", ""
         return "missing", "volume directory or its marker is missing"
+
+    async def _s3_state(self, vol: Volume, uuid: str) -> tuple[str, str]:
+        """An S3 volume is ours when its marker's uuid is the one recorded. No marker on a
+        prefix holding no chunk: a new (or emptied, e.g. a lost bucket re-created) volume,
+        adopted empty like a replaced disk."""
+        from cluster.s3store import S3Store
+
+        store = vol.store
+        assert isinstance(store, S3Store)
+        try:
+            found = await store.identity()
+            if found is None:
+                found = await store.create()
+                if uuid:
+                    log.warning("volume.replaced", volume=vol.path, id=vol.id)
+                await self._mutate(lambda: self.meta.replace_volume(vol.id, found))
+            elif not uuid:
+                await self._mutate(lambda: self.meta.replace_volume(vol.id, found))
+            elif found != uuid:
+                return "missing", "a different volume's marker is in this bucket and prefix"
+        except StoreError as exc:
+            return "missing", str(exc)
+        return "ok", ""
 
     def _set_state(self, vol: Volume, state: str, reason: str) -> None:
         if vol.state != state:
@@ -354,28 +398,22 @@ class Master:
     # -- placement and the write path -----------------------------------------------------------
 
     def _candidates(self) -> list[Volume]:
-        """Writable volumes, least full first, rotating among equals to spread load."""
+        """Writable volumes in placement order (``placement.order``)."""
         self._rotation += 1
-        vols = [v for v in self.volumes.values() if v.writable]
-        n = max(len(vols), 1)
-        return sorted(
-            vols,
-            key=lambda v: (
-                round(20 * (1 - v.free / v.total)) if v.total else 0,
-                (v.id - self._rotation) % n,
-            ),
-        )
+        return placement.order((v for v in self.volumes.values() if v.writable), self._rotation)
 
     async def _write_copies(self, key: ChunkKey, data: bytes, goal: int) -> int:
-        """Write ``data`` to min(goal, writable volumes) distinct volumes; the copies mask."""
+        """Write ``data`` to distinct volumes until their worth reaches the goal (or the worth
+        of every writable volume, when less); the copies mask."""
         candidates = self._candidates()
-        want = min(goal, len(candidates))
+        want = min(goal, placement.worth(candidates))
         if want == 0:
             raise NotEnoughCopies("no writable volume: every volume is full, read-only or missing")
-        mask = 0
+        mask, got = 0, 0
         pending = candidates
-        while pending and mask.bit_count() < want:
-            batch, pending = pending[: want - mask.bit_count()], pending[want - mask.bit_count() :]
+        while pending and got < want:
+            batch = placement.take(pending, want - got)
+            pending = pending[len(batch) :]
             for v in batch:
                 self.inflight.add((v.id, key.id))
             results = await asyncio.gather(
@@ -390,10 +428,11 @@ class Master:
                     raise r
                 else:
                     mask |= v.bit
-        writable = sum(1 for v in self.volumes.values() if v.writable)
-        if mask == 0 or mask.bit_count() < min(goal, writable):
+                    got += v.worth
+        writable = placement.worth(v for v in self.volumes.values() if v.writable)
+        if mask == 0 or got < min(goal, writable):
             raise NotEnoughCopies(
-                f"wrote {mask.bit_count()} of {min(goal, writable)} copies of {key.name}"
+                f"wrote copies worth {got} of {min(goal, writable)} of {key.name}"
             )
         return mask
 
@@ -537,10 +576,11 @@ class Master:
         """Read from any good copy; bad copies found on the way are reported and dropped."""
         key = ChunkKey(c.id, c.version)
         order = [v for v in self.volumes.values() if c.copies & v.bit and v.readable]
-        if order:  # spread reads over the copies
+        if order:  # spread reads over the copies; local ones first (no network)
             self._rotation += 1
             turn = self._rotation % len(order)
             order = order[turn:] + order[:turn]
+            order.sort(key=lambda v: v.kind != "local")
         data, bad, failed = await read_copy(key, offset, length, order)
         for v, exc in failed:
             self._volume_failed(v, exc)
@@ -640,7 +680,7 @@ class Master:
         infos = []
         for c in chunks:
             copies = tuple(
-                CopyInfo(v.id, v.path, v.state)
+                CopyInfo(v.id, v.path, v.state, v.kind)
                 for v in self.volumes.values()
                 if c.copies & v.bit
             )
@@ -653,7 +693,7 @@ class Master:
         out: list[dict[str, Any]] = []
         for info in infos:
             key = ChunkKey(info.chunk.id, info.chunk.version)
-            good = 0
+            good = worth = 0
             for cp in info.copies:
                 vol = self.volumes[cp.volume]
                 if not vol.readable:
@@ -661,10 +701,13 @@ class Master:
                 try:
                     if await vol.store.head(key) == info.chunk.size:
                         good += 1
+                        worth += vol.worth
                 except StoreError:
                     pass
-            out.append({"chunk": key.name, "goal": info.chunk.goal, "copies": good})
-        under = sum(1 for c in out if c["copies"] < c["goal"])
+            out.append(
+                {"chunk": key.name, "goal": info.chunk.goal, "copies": good, "worth": worth}
+            )
+        under = sum(1 for c in out if c["worth"] < c["goal"])
         missing = sum(1 for c in out if c["copies"] == 0)
         return {
             "path": paths.show(entry.path),
@@ -680,6 +723,8 @@ class Master:
             {
                 "id": v.id,
                 "path": v.path,
+                "kind": v.kind,
+                "counts_as": v.worth,
                 "state": v.state,
                 "reason": v.reason,
                 "total": v.total,

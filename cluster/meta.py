@@ -690,11 +690,31 @@ class Meta:
             "UPDATE chunk SET copies = (copies | ?) & ~? WHERE id = ?", (add, remove, chunk_id)
         )
 
-    def needing_work(self, healthy: int, after: int, limit: int) -> list[Chunk]:
-        """Chunks whose count of copies on healthy volumes differs from their goal."""
+    def set_worth(self, weights: dict[int, int]) -> None:
+        """What a copy on each volume counts toward a goal (volume bit → worth), for the SQL
+        function ``worth(mask)``; volumes not named count 1. An S3 volume whose engine keeps
+        several copies itself counts as that many (``counts_as``)."""
+        heavy = [(bit, w - 1) for bit, w in weights.items() if w > 1]
+
+        def worth(mask: int) -> int:
+            return mask.bit_count() + sum(extra for bit, extra in heavy if mask & bit)
+
+        self.db.create_function(
+            "worth", 1, worth if heavy else int.bit_count, deterministic=True
+        )
+
+    def needing_work(
+        self, healthy: int, after: int, limit: int, kinds: tuple[int, ...] = ()
+    ) -> list[Chunk]:
+        """Chunks under their goal (the worth of their copies on healthy volumes is less), over
+        it (more copies on healthy volumes than the goal), or with several copies and none on
+        one of ``kinds`` (masks of the volumes of a kind that can take a copy now)."""
+        lacking = "".join(f" OR (popcount(copies & ?2) > 1 AND copies & {int(k)} = 0)"
+                          for k in kinds if k)
         rows = self.db.execute(
-            "SELECT id, version, size, goal, copies, refs FROM chunk "
-            "WHERE id > ? AND popcount(copies & ?) != goal ORDER BY id LIMIT ?",
+            "SELECT id, version, size, goal, copies, refs FROM chunk WHERE id > ?1 AND "
+            f"(worth(copies & ?2) < goal OR popcount(copies & ?2) > goal{lacking}) "
+            "ORDER BY id LIMIT ?3",
             (after, healthy, limit),
         ).fetchall()
         return [Chunk(*r) for r in rows]
@@ -774,7 +794,7 @@ class Meta:
             "SELECT sum(kind = 2), sum(kind = 1) FROM inode"
         ).fetchone()
         chunks, under, over, missing, stored = q(
-            "SELECT count(*), sum(popcount(copies & ?1) < goal), sum(popcount(copies & ?1) > goal),"
+            "SELECT count(*), sum(worth(copies & ?1) < goal), sum(popcount(copies & ?1) > goal),"
             " sum((copies & ?1) = 0), coalesce(sum(size), 0) FROM chunk",
             (healthy,),
         ).fetchone()

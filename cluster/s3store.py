@@ -44,7 +44,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -64,7 +67,7 @@ from cluster.errors import (
     VolumeUnavailable,
 )
 from cluster.store import ChunkKey, StoreStat
-from cluster.volume import parse_name
+from cluster.volume import MARKER, parse_name
 
 #: Largest CRC table kept in the object's metadata (1 KiB: 256 blocks, chunks up to 16 MiB);
 #: base64 makes it 1,368 bytes, under S3's 2 KiB of user metadata.
@@ -197,6 +200,45 @@ class S3Store:
 
     def object_key(self, key: ChunkKey) -> str:
         return f"{self.cfg.prefix}{key.folder}/{key.name}"
+
+    # -- identity: the marker object ``<prefix>.tandem-volume``, as on a local volume ----------
+
+    async def identity(self) -> str | None:
+        """The uuid in the marker object, or None when there is none."""
+        what = f"{self.name}: read {MARKER}"
+        try:
+            r = await self.conn.client.get_object(
+                Bucket=self.cfg.bucket, Key=f"{self.cfg.prefix}{MARKER}"
+            )
+            async with r["Body"] as body:
+                raw: bytes = await body.read()
+        except _ERRORS as exc:
+            err = map_s3_error(exc, what)
+            if isinstance(err, ChunkMissing):
+                return None
+            raise err from None
+        try:
+            return str(json.loads(raw)["uuid"])
+        except (ValueError, KeyError, TypeError):
+            raise VolumeUnavailable(f"{what}: not a volume marker") from None
+
+    async def create(self) -> str:
+        """Mark an empty prefix as a new volume; its uuid. A prefix that holds chunks but no
+        marker is refused: it is not ours, or it is another volume's."""
+        async for key in self.list():
+            raise VolumeUnavailable(
+                f"{self.name}: holds chunks ({key.name}, …) but no {MARKER} marker; "
+                "refusing to use it as a new volume"
+            )
+        new = str(uuid.uuid4())
+        try:
+            await self.conn.client.put_object(
+                Bucket=self.cfg.bucket, Key=f"{self.cfg.prefix}{MARKER}",
+                Body=json.dumps({"uuid": new}).encode(),
+            )
+        except _ERRORS as exc:
+            raise map_s3_error(exc, f"{self.name}: write {MARKER}", write=True) from None
+        return new
 
     # -- put ------------------------------------------------------------------------------
 
@@ -393,6 +435,21 @@ class S3Store:
                 exc, StoreError) else str(exc)
             return StoreStat(cap, cap, False, reason)
         return StoreStat(cap, cap, True)
+
+
+async def open_stores(
+    cfgs: Iterable[S3Config], stack: contextlib.AsyncExitStack
+) -> list[tuple[S3Config, S3Store]]:
+    """A store per config, sharing one connection per endpoint and credentials (opened
+    here, closed by ``stack``)."""
+    conns: dict[S3Config, S3Connection] = {}
+    out = []
+    for cfg in cfgs:
+        shared = dataclasses.replace(cfg, bucket="-", prefix="", capacity=1, counts_as=1)
+        if shared not in conns:
+            conns[shared] = await stack.enter_async_context(S3Connection(cfg))
+        out.append((cfg, S3Store(cfg, conns[shared])))
+    return out
 
 
 def _total_size(r: dict[str, Any], got: int) -> int:

@@ -91,6 +91,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache: bounded master RSS
     conn.create_function("popcount", 1, int.bit_count, deterministic=True)
+    conn.create_function("worth", 1, int.bit_count, deterministic=True)  # Meta.set_worth
     return conn
 
 

@@ -68,13 +68,18 @@ def chunkinfo_json(c: ChunkInfo) -> dict[str, Any]:
     return {
         "id": k.id, "version": k.version, "size": k.size, "goal": k.goal, "copies_mask": k.copies,
         "refs": k.refs,
-        "copies": [{"volume": cp.volume, "path": cp.path, "state": cp.state} for cp in c.copies],
+        "copies": [
+            {"volume": cp.volume, "path": cp.path, "state": cp.state, "kind": cp.kind}
+            for cp in c.copies
+        ],
     }
 
 
 def chunkinfo_from(d: dict[str, Any]) -> ChunkInfo:
     chunk = Chunk(d["id"], d["version"], d["size"], d["goal"], d["copies_mask"], d["refs"])
-    copies = tuple(CopyInfo(c["volume"], c["path"], c["state"]) for c in d["copies"])
+    copies = tuple(
+        CopyInfo(c["volume"], c["path"], c["state"], c.get("kind", "local")) for c in d["copies"]
+    )
     return ChunkInfo(chunk, copies)
 
 

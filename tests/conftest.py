@@ -4,6 +4,7 @@ must not leave its logging configuration, bound to a captured stream, to the nex
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -31,3 +32,18 @@ def ceph_rgw() -> Iterator[object]:
         yield engine
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_base(ceph_rgw: Any) -> Iterator[Any]:
+    """The ``S3Config`` of a bucket on the session's engine; tests use ``s3util.fresh`` for a
+    prefix of their own."""
+    import s3util
+
+    cfg = s3util.base_config(
+        ceph_rgw.endpoint, ceph_rgw.region, ceph_rgw.access_key, ceph_rgw.secret_key
+    )
+    raw = s3util.raw_client(cfg)
+    raw.create_bucket(Bucket=cfg.bucket)
+    yield cfg
+    raw.close()

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
-from cephrgw import CephRgw
 from conformance import StoreConformance, pattern, stored_keys
+from s3util import BUCKET, flip, fresh, raw_client, rewrite
 
 from cluster import crc
 from cluster.config import MIB, S3Config
@@ -28,59 +25,11 @@ from cluster.store import ChunkKey
 
 pytestmark = pytest.mark.ceph
 
-BUCKET = "tandem-test"
-
-
-def raw_client(cfg: S3Config) -> Any:
-    """A plain (blocking) boto3 client on the same bucket: what the store must not be."""
-    return boto3.client(
-        "s3", endpoint_url=cfg.endpoint, region_name=cfg.region,
-        aws_access_key_id=cfg.access_key, aws_secret_access_key=cfg.secret_key,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                      request_checksum_calculation="when_required",
-                      response_checksum_validation="when_required"),
-    )
-
-
-@pytest.fixture(scope="session")
-def s3_base(ceph_rgw: CephRgw) -> Iterator[S3Config]:
-    cfg = S3Config(
-        bucket=BUCKET, endpoint=ceph_rgw.endpoint, region=ceph_rgw.region,
-        access_key=ceph_rgw.access_key, secret_key=ceph_rgw.secret_key,
-        multipart_threshold=5 * MIB, part_size=5 * MIB, max_attempts=2,
-    )
-    raw = raw_client(cfg)
-    raw.create_bucket(Bucket=BUCKET)
-    yield cfg
-    raw.close()
-
-
-def fresh(base: S3Config, **kw: Any) -> S3Config:
-    """The session's engine and bucket, under a key prefix of its own: an empty store."""
-    return S3Config(**{**base.__dict__, "prefix": f"t-{uuid.uuid4().hex[:12]}/", **kw})
-
 
 @pytest.fixture
 async def s3(s3_base: S3Config) -> AsyncIterator[S3Store]:
     async with S3Store(fresh(s3_base)) as store:
         yield store
-
-
-def rewrite(store: S3Store, key: ChunkKey, edit: Any, *, keep_meta: bool = True) -> None:
-    raw = raw_client(store.cfg)
-    obj = store.object_key(key)
-    r = raw.get_object(Bucket=store.cfg.bucket, Key=obj)
-    data = bytearray(r["Body"].read())
-    edit(data)
-    raw.put_object(Bucket=store.cfg.bucket, Key=obj, Body=bytes(data),
-                   Metadata=r["Metadata"] if keep_meta else {})
-    raw.close()
-
-
-def flip(offset: int) -> Any:
-    def edit(data: bytearray) -> None:
-        data[offset] ^= 0xFF
-    return edit
 
 
 class TestS3Conformance(StoreConformance):

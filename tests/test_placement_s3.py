@@ -1,0 +1,187 @@
+"""Placement that mixes local volumes and S3, against a real engine (the session's Ceph RGW):
+where copies go, what counts toward a goal, and re-replication, scrub and repair across the
+mix — a lost local volume rebuilt from S3, a lost S3 side served locally and re-replicated
+when it returns, a damaged S3 object replaced."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from s3util import flip, fresh, rewrite
+from test_master import CHUNK, cluster_cfg, data
+
+from cluster import background
+from cluster.config import S3Config
+from cluster.master import Master
+from cluster.s3store import S3Store
+from cluster.store import ChunkKey
+
+pytestmark = pytest.mark.ceph
+
+
+async def kinds(m: Master, path: str) -> list[list[str]]:
+    """Per chunk of the file, the kinds of the volumes holding its copies, sorted."""
+    _, infos = await m.fileinfo(path)
+    return [sorted(cp.kind for cp in info.copies) for info in infos]
+
+
+def s3_volume(m: Master) -> Any:
+    (vol,) = [v for v in m.volumes.values() if v.kind == "s3"]
+    return vol
+
+
+@pytest.fixture
+async def mixed(tmp_path: Path, s3_base: S3Config) -> AsyncIterator[Master]:
+    """Two local volumes and one S3 volume, no background tasks (tests run passes)."""
+    cfg = cluster_cfg(tmp_path, 2, s3_volumes=(fresh(s3_base),), replication_delay=0.0)
+    async with Master(cfg, background=False) as m:
+        yield m
+
+
+async def test_goal_two_is_one_local_copy_and_one_s3_copy(mixed: Master) -> None:
+    m = mixed
+    bodies = {f"/p/{i}": data(CHUNK * 2 + 7 * i + 1, seed=i) for i in range(8)}
+    for p, b in bodies.items():
+        await m.put(p, b)
+    for p, b in bodies.items():
+        assert await kinds(m, p) == [["local", "s3"]] * 3
+        assert await m.cat(p) == b
+        assert await m.cat(p, CHUNK - 5, 10) == b[CHUNK - 5 : CHUNK + 5]
+    status = await m.status()
+    s3 = [v for v in status["volumes"] if v["kind"] == "s3"]
+    assert len(s3) == 1 and s3[0]["state"] == "ok" and s3[0]["path"].startswith("s3:http")
+    assert status["under_goal"] == 0 and status["over_goal"] == 0
+
+    await m.setgoal("/p", 1, recursive=True)
+    await background.replicate_pass(m)
+    for p, b in bodies.items():  # goal 1 keeps the local copy (placement: local first)
+        assert await kinds(m, p) == [["local"]] * 3
+        assert await m.cat(p) == b
+    await m.setgoal("/p", 3, recursive=True)
+    await background.replicate_pass(m)
+    for p in bodies:
+        assert await kinds(m, p) == [["local", "local", "s3"]] * 3
+    assert (await m.status())["under_goal"] == 0
+
+
+async def test_all_copies_on_s3_counting_as_the_engines_own(
+    tmp_path: Path, s3_base: S3Config
+) -> None:
+    """A stateless host: one S3 volume whose engine keeps copies itself (counts_as 3)
+    satisfies goal 2 with one object; with counts_as 1 the same chunk is under goal."""
+    cfg = dataclasses.replace(
+        cluster_cfg(tmp_path, []), s3_volumes=(fresh(s3_base, counts_as=3),)
+    )
+    async with Master(cfg, background=False) as m:
+        await m.put("/a", data(3 * CHUNK, seed=1))
+        assert await kinds(m, "/a") == [["s3"]] * 3
+        status = await m.status()
+        assert status["under_goal"] == 0 and status["volumes"][0]["counts_as"] == 3
+        assert (await m.checkfile("/a"))["under_goal"] == 0
+        assert await m.cat("/a") == data(3 * CHUNK, seed=1)
+        sc = cfg.s3_volumes[0]
+    cfg = dataclasses.replace(cfg, s3_volumes=(dataclasses.replace(sc, counts_as=1),))
+    async with Master(cfg, background=False) as m:
+        assert (await m.status())["under_goal"] == 3
+        assert (await m.checkfile("/a"))["under_goal"] == 3
+
+
+async def test_lost_local_volume_is_served_from_s3_and_rebuilt(mixed: Master) -> None:
+    m = mixed
+    bodies = {f"/l/{i}": data(CHUNK + 100 * i + 1, seed=40 + i) for i in range(6)}
+    for p, b in bodies.items():
+        await m.put(p, b)
+    for v in [v for v in m.volumes.values() if v.kind == "local"]:
+        shutil.rmtree(v.path)  # both local disks gone: every chunk only on S3
+    for p, b in bodies.items():
+        assert await m.cat(p) == b
+    await m.check_volumes()
+    assert [v.state for v in m.volumes.values() if v.kind == "local"] == ["missing"] * 2
+    assert (await m.status())["under_goal"] == (await m.status())["chunks"]
+
+    for v in [v for v in m.volumes.values() if v.kind == "local"]:
+        Path(v.path).mkdir()  # new, empty disks: adopted, then rebuilt from S3
+    await m.check_volumes()
+    await background.replicate_pass(m)
+    for p, b in bodies.items():
+        assert await kinds(m, p) == [["local", "s3"]] * 2
+        assert await m.cat(p) == b
+    assert (await m.status())["under_goal"] == 0
+    s3 = s3_volume(m)
+    for p in bodies:  # reads go to the local copy first: S3 can be gone now
+        _, infos = await m.fileinfo(p)
+        for info in infos:
+            await s3.store.delete(ChunkKey(info.chunk.id, info.chunk.version))
+    for p, b in bodies.items():
+        assert await m.cat(p) == b
+
+
+async def test_lost_s3_is_served_locally_and_re_replicated_when_it_returns(
+    mixed: Master, ceph_rgw: Any
+) -> None:
+    m = mixed
+    before = {f"/s/{i}": data(CHUNK + 3 * i + 1, seed=60 + i) for i in range(4)}
+    for p, b in before.items():
+        await m.put(p, b)
+    ceph_rgw.kill_rgw()
+    try:
+        for p, b in before.items():
+            assert await m.cat(p) == b
+        await m.check_volumes()
+        assert s3_volume(m).state == "missing"
+        during = {f"/s/d{i}": data(CHUNK + 5 * i + 1, seed=70 + i) for i in range(4)}
+        for p, b in during.items():  # puts go on: the goal is met on the local volumes
+            await m.put(p, b)
+            assert await kinds(m, p) == [["local", "local"]] * 2
+        await background.replicate_pass(m)  # nothing to do while S3 is gone
+        for p in during:
+            assert await kinds(m, p) == [["local", "local"]] * 2
+    finally:
+        ceph_rgw.restart_rgw()
+    await m.check_volumes()
+    assert s3_volume(m).state == "ok"
+    await background.replicate_pass(m)  # back: an S3 copy added, the extra local one dropped
+    for p, b in {**before, **during}.items():
+        assert await kinds(m, p) == [["local", "s3"]] * 2
+        assert await m.cat(p) == b
+    # 2 chunks a file: in the outage each chunk of ``before`` got a second local copy (8);
+    # after it, each of ``during`` got its S3 copy (8), and every chunk lost a local one (16).
+    assert m.stats["copies_added"] == m.stats["copies_removed"] == 16
+    assert (await m.status())["under_goal"] == 0
+
+
+async def test_scrub_replaces_a_damaged_s3_object(mixed: Master) -> None:
+    m = mixed
+    body = data(CHUNK, seed=80)
+    await m.put("/x", body)
+    _, (info,) = await m.fileinfo("/x")
+    key = ChunkKey(info.chunk.id, info.chunk.version)
+    s3 = s3_volume(m)
+    assert isinstance(s3.store, S3Store)
+    rewrite(s3.store, key, flip(70_000))  # CRC table kept, one byte changed
+    await background.scrub_chunk(m, info.chunk)
+    assert m.stats["scrub_bad_copies"] == 1
+    assert await kinds(m, "/x") == [["local", "s3"]]  # re-made on S3 from the local copy
+    assert await s3.store.get(key) == body
+    assert await m.cat("/x") == body
+
+
+async def test_a_bucket_prefix_of_someone_elses_chunks_is_refused(
+    tmp_path: Path, s3_base: S3Config
+) -> None:
+    sc = fresh(s3_base)
+    async with S3Store(sc) as store:
+        await store.put(ChunkKey(5, 1), b"not ours")
+    cfg = cluster_cfg(tmp_path, 1, s3_volumes=(sc,))
+    async with Master(cfg, background=False) as m:
+        s3 = s3_volume(m)
+        assert s3.state == "missing" and "no .tandem-volume marker" in s3.reason
+        await m.put("/f", b"x")  # the local volume serves meanwhile
+        assert await kinds(m, "/f") == [["local"]]
+        async with S3Store(sc) as store:
+            assert await store.head(ChunkKey(5, 1)) == 8  # nothing of it was touched
