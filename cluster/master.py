@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class Volume:
     worth: int = 1  # what a copy here counts toward a goal (``placement.py``)
     state: str = "ok"  # ok | full | readonly | missing
     reason: str = ""
+    draining: bool = False  # a store migration is moving copies off it: no new copies here
     since: float = field(default_factory=time.monotonic)
     total: int = 0
     free: int = 0
@@ -86,6 +88,11 @@ class Volume:
     @property
     def writable(self) -> bool:
         return self.state == "ok"
+
+    @property
+    def placeable(self) -> bool:
+        """New copies may go here: writable and not being drained (``cluster/migrate.py``)."""
+        return self.writable and not self.draining
 
     @property
     def bit(self) -> int:
@@ -114,6 +121,11 @@ class Master:
         self.background = background
         self.volumes: dict[int, Volume] = {}
         self.inflight: set[tuple[int, int]] = set()  # (volume id, chunk id) being written
+        # Store migration (``cluster/migrate.py``): the chunks it is working on, which the
+        # replicator leaves alone, and the chunks the replicator is fixing, which it waits for.
+        self.migrating: set[int] = set()
+        self.fixing: Counter[int] = Counter()
+        self.migration: Any = None  # the running ``migrate.Migration``, if any
         self.stats: dict[str, Any] = {}
         self.changed = asyncio.Event()  # set after every commit (in-process change feed)
         self.commits = 0  # commits so far: compare before waiting on ``changed``
@@ -206,8 +218,8 @@ class Master:
             from cluster.background import start
 
             self._tasks.extend(start(self))
-        if self.cfg.view:
-            self.view = View(self)
+        if self.cfg.view and any(v.kind == "local" for v in self.volumes.values()):
+            self.view = View(self)  # hard links onto local chunk files: none without one
             self._tasks.append(asyncio.create_task(self.view.run(), name="view"))
         log.info(
             "master.started",
@@ -398,9 +410,9 @@ class Master:
     # -- placement and the write path -----------------------------------------------------------
 
     def _candidates(self) -> list[Volume]:
-        """Writable volumes in placement order (``placement.order``)."""
+        """Volumes that may take new copies, in placement order (``placement.order``)."""
         self._rotation += 1
-        return placement.order((v for v in self.volumes.values() if v.writable), self._rotation)
+        return placement.order((v for v in self.volumes.values() if v.placeable), self._rotation)
 
     async def _write_copies(self, key: ChunkKey, data: bytes, goal: int) -> int:
         """Write ``data`` to distinct volumes until their worth reaches the goal (or the worth
@@ -429,7 +441,7 @@ class Master:
                 else:
                     mask |= v.bit
                     got += v.worth
-        writable = placement.worth(v for v in self.volumes.values() if v.writable)
+        writable = placement.worth(v for v in self.volumes.values() if v.placeable)
         if mask == 0 or got < min(goal, writable):
             raise NotEnoughCopies(
                 f"wrote copies worth {got} of {min(goal, writable)} of {key.name}"
@@ -452,7 +464,9 @@ class Master:
         if not 0 <= mode <= 0o7777:
             raise InvalidArgument(f"mode {mode:o} is not a permission mode")
         assert self.reader is not None
-        goal = self.reader.effective_goal(parts)  # on the loop: see ``self.reader``
+        # On the loop (see ``self.reader``): the goal, and the version this put replaces (its
+        # mtime decides the new one's; the commit checks again against the version it replaces).
+        goal, current = self.reader.put_context(parts)
         digest = hashlib.sha256()
         # In file order: chunks already written and fsynced, or small ones the committer
         # writes with the batch (``batch.py``).
@@ -465,7 +479,7 @@ class Master:
                 key = ChunkKey(await self._next_chunk_id(), 1)
                 written.append(await self._place(key, piece, goal))
             mtime = distinct_mtime(
-                self._current(parts), size, digest.digest(),
+                current, size, digest.digest(),
                 time.time_ns() if mtime_ns is None else mtime_ns,
             )
             await self._stamp(written, mtime)
@@ -492,13 +506,6 @@ class Master:
                     self.inflight.discard((v.id, _new_chunk(w).id))
         log.debug("file.put", path=paths.show(entry.path), size=size, chunks=len(written))
         return entry
-
-    def _current(self, parts: tuple[bytes, ...]) -> Entry | None:
-        assert self.reader is not None
-        try:
-            return self.reader.stat(parts)
-        except ClusterError:
-            return None
 
     async def _stamp(self, written: list[NewChunk | PendingWrite], mtime_ns: int) -> None:
         """Give every copy the file's mtime: small chunks get it as the committer writes
@@ -572,8 +579,12 @@ class Master:
         for c, off, n in chunk_slices(entry.size, chunks, offset, length, READ_PIECE):
             yield await self.read_chunk(c, off, n)
 
-    async def read_chunk(self, c: Chunk, offset: int, length: int) -> bytes:
-        """Read from any good copy; bad copies found on the way are reported and dropped."""
+    async def read_chunk(
+        self, c: Chunk, offset: int, length: int, *, again: bool = True
+    ) -> bytes:
+        """Read from any good copy; bad copies found on the way are reported and dropped.
+        Copies that moved since ``c`` was read (a store migration, an extra copy removed) are
+        not bad: the chunk is read again from the copies the metadata names now."""
         key = ChunkKey(c.id, c.version)
         order = [v for v in self.volumes.values() if c.copies & v.bit and v.readable]
         if order:  # spread reads over the copies; local ones first (no network)
@@ -584,11 +595,25 @@ class Master:
         data, bad, failed = await read_copy(key, offset, length, order)
         for v, exc in failed:
             self._volume_failed(v, exc)
+        now = self._chunk_now(c) if bad or data is None else c
         if bad:
-            await self.drop_copies(c, bad)
+            still = [v for v in bad if now is None or now.copies & v.bit]
+            if still:
+                await self.drop_copies(c, still)
         if data is not None:
             return data
+        if again and now is not None and now.copies & ~c.copies:
+            return await self.read_chunk(now, offset, length, again=False)
         raise NotEnoughCopies(f"no readable good copy of chunk {key.name}")
+
+    def _chunk_now(self, c: Chunk) -> Chunk | None:
+        """``c`` as the metadata has it now (None once purged); on the loop, like ``open``."""
+        assert self.reader is not None
+        try:
+            (now,) = self.reader.chunks((c.id,))
+        except ClusterError:
+            return None
+        return now
 
     async def drop_copies(self, c: Chunk, vols: list[Volume]) -> None:
         """Forget bad copies (metadata first), then delete their files; re-replication
@@ -727,6 +752,7 @@ class Master:
                 "counts_as": v.worth,
                 "state": v.state,
                 "reason": v.reason,
+                "draining": v.draining,
                 "total": v.total,
                 "used": v.total - v.free,
                 "free": v.free,

@@ -405,6 +405,17 @@ class Meta:
         self._mkdirs(parts, mode, now)
         return self.stat(parts)
 
+    def put_context(self, parts: tuple[bytes, ...]) -> tuple[int, Entry | None]:
+        """For a put at ``parts``, in one walk: the goal the new file gets (``effective_goal``)
+        and what is there now (None when nothing is)."""
+        try:
+            row, _, goal, trash = self._walk(parts)
+        except (NotFound, NotADirectory):  # a folder still to be made: the ancestors' goal
+            return self.effective_goal(parts), None
+        if row is None:
+            return goal, None
+        return goal, self._entry(join(parts), row, goal, trash)
+
     def effective_goal(self, parts: tuple[bytes, ...]) -> int:
         """The goal a new file at ``parts`` gets: its own, else its nearest ancestor's (the
         deepest existing entry on the path; one walk from the root)."""
