@@ -19,8 +19,22 @@ mon, one memstore OSD, radosgw), stopped by PID at the end. Workload: N files of
   the CRCs.
 
 Each repetition runs anchor then tandem on fresh prefixes; figures are medians over the
-repetitions. The LAST line is one JSON object: ``put_ratio`` and ``get_ratio`` (tandem files/s
-÷ anchor files/s; targets ≥ 0.9 each) and the raw rates.
+repetitions.
+
+**Remote origin** (``remote_origin_ratio``): a master process (``tandem cluster serve``) with
+one local volume and the S3 volume (goal 2: a local and an S3 copy of each file) holds the
+files under ``/images/``. Two origin processes (``tandem origin``, 2 workers each) serve them:
+the **local** origin (the master's host: metadata from SQLite, bytes from the local volume)
+and a **remote** one configured as a second host (``origin.master``: metadata over the
+master's HTTP API, bytes from S3 through its chunk cache). Both are hit directly by wrk (16
+connections, random URLs of the data set), so both answer from Python — the origin's Python
+path, streaming the bytes — and the ratio is what being remote costs. Before measuring, a
+sample of URLs must give identical bytes, ETag and Last-Modified from both; the remote cache
+is warmed by fetching every URL once, then a warm-up run. Runs alternate local/remote;
+``remote_origin_ratio`` is the median remote req/s ÷ the median local req/s (target ≥ 0.8).
+
+The LAST line is one JSON object: ``put_ratio``, ``get_ratio`` (tandem files/s ÷ anchor
+files/s; targets ≥ 0.9 each), ``remote_origin_ratio`` and the raw rates.
 """
 
 from __future__ import annotations
@@ -52,7 +66,7 @@ for _p in (REPO, REPO / "benchmarks", REPO / "tests"):
 
 from workload import KIB, SIZE_MEDIAN, SIZE_SIGMA  # noqa: E402
 
-TARGETS = {"put_ratio": 0.9, "get_ratio": 0.9}
+TARGETS = {"put_ratio": 0.9, "get_ratio": 0.9, "remote_origin_ratio": 0.8}
 SIZE_MIN, SIZE_MAX = 4 * KIB, 200 * KIB
 CONCURRENCY = 16
 
@@ -128,23 +142,29 @@ async def tandem(cfg: Any, work: list[tuple[str, bytes]]) -> tuple[float, float]
         return rates
 
 
-def throughput(args: argparse.Namespace, engine: Any, work_dir: Path) -> dict[str, Any]:
+def bucket(engine: Any) -> Any:
+    """The benchmark's bucket on the engine (created here); its ``S3Config``."""
+    import boto3
+    from botocore.config import Config
+
     from cluster.config import S3Config
-    from origin import config as origin_config
 
     base = S3Config(
         bucket="bench", endpoint=engine.endpoint, region=engine.region,
         access_key=engine.access_key, secret_key=engine.secret_key,
     )
-    import boto3
-    from botocore.config import Config
-
     boto3.client(
         "s3", endpoint_url=base.endpoint, region_name=base.region,
         aws_access_key_id=base.access_key, aws_secret_access_key=base.secret_key,
         config=Config(s3={"addressing_style": "path"},
                       request_checksum_calculation="when_required"),
     ).create_bucket(Bucket="bench")
+    return base
+
+
+def throughput(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str, Any]:
+    from origin import config as origin_config
+
     work = files(args.files, args.seed)
     mib = sum(len(d) for _, d in work) / (1 << 20)
     say(f"{len(work)} files, {mib:.1f} MiB, concurrency {CONCURRENCY}")
@@ -174,9 +194,96 @@ def throughput(args: argparse.Namespace, engine: Any, work_dir: Path) -> dict[st
         "get_ratio": round(statistics.median(g / r for g, r in zip(rows["get"], rows["raw_get"],
                                                                       strict=True)), 3),
     }
-    for k, t in TARGETS.items():
-        say(f"{k}: {out[k]} (target >= {t}: {'met' if out[k] >= t else 'MISSED'})")
     return out
+
+
+def s3_toml(sc: Any) -> str:
+    return "\n".join([
+        "[[cluster.volumes]]", 'kind = "s3"', f'endpoint = "{sc.endpoint}"',
+        f'bucket = "{sc.bucket}"', f'prefix = "{sc.prefix}"', f'region = "{sc.region}"',
+        f'access_key = "{sc.access_key}"', f'secret_key = "{sc.secret_key}"', "",
+    ])
+
+
+def remote_origin(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str, Any]:
+    import origin_bench as ob
+
+    from cluster.remote import RemoteCluster
+
+    sc = dataclasses.replace(base, prefix=f"origin-{uuid.uuid4().hex[:6]}/")
+    mport, lport, rport = ob.free_port(), ob.free_port(), ob.free_port()
+    local_conf, remote_conf = work_dir / "local.toml", work_dir / "remote.toml"
+    local_conf.write_text(
+        f'data_dir = "{work_dir}/local"\n[log]\nlevel = "warning"\n[cluster]\n'
+        f'listen = "127.0.0.1:{mport}"\ndefault_goal = 2\nscrub_rate = 0\n'
+        f'[[cluster.volumes]]\npath = "{work_dir}/local/vol0"\n{s3_toml(sc)}'
+        f'[origin]\nlisten = "127.0.0.1:{lport}"\nworkers = 2\n'
+    )
+    remote_conf.write_text(
+        f'data_dir = "{work_dir}/remote"\n[log]\nlevel = "warning"\n[cluster]\n{s3_toml(sc)}'
+        f'[origin]\nlisten = "127.0.0.1:{rport}"\nworkers = 2\n'
+        f'master = "http://127.0.0.1:{mport}"\ncache_bytes = 1073741824\n'
+    )
+    procs: list[Any] = []
+    try:
+        master, mlog = ob.start_tandem(local_conf, work_dir, "master", "cluster", "serve")
+        procs.append(master)
+        ob.wait_port(mport, master, "master", mlog)
+        work = [(f"/images{p}", d) for p, d in files(args.files, args.seed + 1)]
+
+        async def load() -> None:
+            async with RemoteCluster(f"http://127.0.0.1:{mport}") as c:
+                await timed(work, lambda item: c.put(item[0], item[1]))
+
+        asyncio.run(load())
+        local, llog = ob.start_tandem(local_conf, work_dir, "local-origin", "origin")
+        remote, rlog = ob.start_tandem(remote_conf, work_dir, "remote-origin", "origin")
+        procs += [local, remote]
+        for port, proc, log in ((lport, local, llog), (rport, remote, rlog)):
+            ob.wait_port(port, proc, log.stem, log)
+            deadline = time.monotonic() + ob.START_TIMEOUT
+            while ob.fetch(port, "/readyz")[0] != 200:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise ob.BenchError(f"{log.stem} is not ready: {ob.tail(log)}")
+                time.sleep(0.1)
+        urls = [p for p, _ in work]
+        rng = random.Random(args.seed)
+        for url in rng.sample(urls, min(50, len(urls))):
+            a, b = ob.fetch(lport, url), ob.fetch(rport, url)
+            same = a[0] == b[0] == 200 and a[2] == b[2] and all(
+                a[1].get(h) == b[1].get(h) for h in ("etag", "last-modified", "content-length"))
+            if not same:
+                raise ob.BenchError(f"{url}: the remote origin's answer differs: {a[1]} {b[1]}")
+        t0 = time.perf_counter()
+        for url in urls:  # fill the remote cache (each file's bytes come from S3 once)
+            if ob.fetch(rport, url)[0] != 200:
+                raise ob.BenchError(f"{url}: the remote origin did not answer 200")
+        say(f"remote origin: {len(urls)} URLs fetched cold in {time.perf_counter() - t0:.1f} s")
+        url_file = work_dir / "urls.txt"
+        url_file.write_text("\n".join(urls) + "\n")
+        script = work_dir / "random_urls.lua"
+        script.write_text(ob.WRK_SCRIPT % {"urls": json.dumps(str(url_file))})
+        ports = {"local": lport, "remote": rport}
+        for port in ports.values():  # warm-up: every worker's lookups and the caches
+            ob.wrk(f"http://127.0.0.1:{port}", 16, args.warmup, 2, script, 0)
+        rps: dict[str, list[float]] = {"local": [], "remote": []}
+        for rep in range(args.reps * 2):
+            order = list(ports) if rep % 2 == 0 else list(reversed(ports))
+            for name in order:
+                run = ob.wrk(f"http://127.0.0.1:{ports[name]}", 16, args.duration, 2, script,
+                             rep + 1)
+                rps[name].append(run.rps)
+            say(f"run {rep + 1}: local {rps['local'][-1]:7.0f} req/s, remote "
+                f"{rps['remote'][-1]:7.0f} req/s")
+    finally:
+        for p in reversed(procs):
+            ob.stop_tandem(p)
+    med = {k: statistics.median(v) for k, v in rps.items()}
+    return {
+        "local_origin_rps": round(med["local"]),
+        "remote_origin_rps": round(med["remote"]),
+        "remote_origin_ratio": round(med["remote"] / med["local"], 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, help="files (full 2000, quick 500)")
     p.add_argument("--reps", type=int, help="repetitions (full 3, quick 1)")
     p.add_argument("--seed", type=int, default=20261121)
+    p.add_argument("--duration", type=int, help="seconds per wrk run (full 10, quick 4)")
+    p.add_argument("--warmup", type=int, help="seconds of wrk warm-up (full 5, quick 2)")
+    p.add_argument("--only", choices=("throughput", "origin"), help="one part only")
     args = p.parse_args(argv)
+    args.duration = args.duration or (4 if args.quick else 10)
+    args.warmup = args.warmup or (2 if args.quick else 5)
     args.files = args.files or (500 if args.quick else 2000)
     args.reps = args.reps or (1 if args.quick else 3)
     quiet_logs()
@@ -206,7 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     say(f"Ceph RGW at {engine.endpoint}, started in {engine.started_in:.1f} s")
     result: dict[str, Any] = {"mode": "quick" if args.quick else "full"}
     try:
-        result.update(throughput(args, engine, work_dir))
+        base = bucket(engine)
+        if args.only in (None, "throughput"):
+            result.update(throughput(args, base, work_dir))
+        if args.only in (None, "origin"):
+            result.update(remote_origin(args, base, work_dir))
+        for k, t in TARGETS.items():
+            if k in result:
+                say(f"{k}: {result[k]} (target >= {t}: {'met' if result[k] >= t else 'MISSED'})")
     finally:
         engine.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
