@@ -114,7 +114,7 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
                 resp = _page(503, request, f"cannot serve: {unable}")
                 return resp
             found = urls.resolve(ocfg, url_path)
-            f = source.lookup(found[1]) if found is not None else None
+            f = await source.lookup(found[1]) if found is not None else None
             if found is None or f is None:
                 resp = _page(404, request)
                 return resp

@@ -114,6 +114,9 @@ def render(cfg: Config) -> str:
         f"max_upload = {o.max_upload}",
         f"max_sync_lag = {o.max_sync_lag}",
         f'fence_file = "{o.fence_file}"',
+        f"master = {_q(o.master)}",
+        f'cache_dir = "{o.cache_dir}"',
+        f"cache_bytes = {o.cache_bytes}",
     ]
     for r in o.routes:
         lines += [

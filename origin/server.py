@@ -8,6 +8,9 @@ with a growing delay if it keeps dying. SIGTERM/SIGINT stop the workers (they fi
 requests in flight) and then the supervisor. A worker gets SIGTERM when the supervisor dies,
 even by SIGKILL (``origin.lifetime``), so none is left holding the port.
 
+With ``origin.master`` set, the workers read the cluster of another host: metadata from the
+master's HTTP API, bytes from S3 and a local chunk cache (``origin/remote_source.py``).
+
 Several ``tandem origin`` processes may listen on the same address (``SO_REUSEPORT``): that is
 how replicas run on one host (``compose.yaml``'s origin replicas share one network namespace);
 the kernel spreads connections over them. Not the legacy origin: one on the cluster origin's
@@ -99,12 +102,26 @@ async def _worker(cfg: Config, sock: socket.socket, role: str, n: int) -> int:
     from origin.app import create_app
     from origin.sources import ClusterSource, DirectorySource, Source
 
-    source: Source = DirectorySource(cfg.legacy.dir) if role == "legacy" else ClusterSource(
-        cfg.cluster
-    )
+    remote = local = None
+    if role == "legacy":
+        source: Source = DirectorySource(cfg.legacy.dir)
+    elif cfg.origin.master:  # a second host: the master over HTTP, bytes from S3 and a cache
+        from origin.remote_source import RemoteSource
+
+        source = remote = RemoteSource(cfg)
+        await remote.start()
+    else:
+        source = local = ClusterSource(cfg.cluster)
+        await local.start()
     app = create_app(cfg, source, role=role)
-    await serve(app, sock, lambda url: log.info(f"{role}.worker_ready", worker=n,
-                                                 pid=os.getpid()))
+    try:
+        await serve(app, sock, lambda url: log.info(f"{role}.worker_ready", worker=n,
+                                                     pid=os.getpid()))
+    finally:
+        if remote is not None:
+            await remote.close()
+        if local is not None:
+            await local.close()
     return 0
 
 

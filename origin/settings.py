@@ -39,6 +39,11 @@ class OriginConfig:
     max_upload: int
     max_sync_lag: float
     fence_file: Path
+    # A second-host origin (``origin/remote_source.py``): the master's HTTP API ("" = read the
+    # master's SQLite file and the volumes on this host), and the hot-chunk cache.
+    master: str = ""
+    cache_dir: Path = Path("var/origin-cache")
+    cache_bytes: int = 1 << 30  # 0 = no cache
 
     def route(self, url_path: bytes) -> Route | None:
         """The route of the longest prefix that the (decoded) URL path starts with."""
@@ -65,6 +70,20 @@ def _prefix(t: Table, name: str, value: str) -> str:
             f"{t.key(name)}: expected a path that starts and ends with '/', got {value!r}"
         )
     return value
+
+
+def _master_url(t: Table, value: str) -> str:
+    """The master's HTTP API: ``http(s)://HOST:PORT`` (a path prefix allowed), or ""."""
+    if not value:
+        return ""
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0]
+    if not sep or scheme not in ("http", "https") or not host or any(c.isspace() for c in value):
+        raise ConfigError(
+            f"{t.key('master')}: expected the master's URL (http://HOST:PORT) or an empty "
+            f"string, got {value!r}"
+        )
+    return value.rstrip("/")
 
 
 def load_origin(t: Table, data_dir: Path) -> OriginConfig:
@@ -102,6 +121,9 @@ def load_origin(t: Table, data_dir: Path) -> OriginConfig:
         max_upload=t.integer("max_upload", 64 * MIB, 0, 1 << 40),
         max_sync_lag=t.number("max_sync_lag", 30.0, 0.0, 86_400.0),
         fence_file=t.path("fence_file", data_dir / "fence"),
+        master=_master_url(t, t.string("master", "")),
+        cache_dir=t.path("cache_dir", data_dir / "origin-cache"),
+        cache_bytes=t.integer("cache_bytes", 1 << 30, 0, 1 << 50),
     )
     t.done()
     return cfg

@@ -8,11 +8,14 @@ and the same, so the same bytes get the same validators on both.
 Lookups run on the event loop: a metadata lookup is a few primary-key reads of pages in
 memory and a directory lookup a few syscalls, both cheaper than a hop to a thread. Bytes are
 read without blocking when they are in the page cache (``RWF_NOWAIT``), else on a thread.
+``lookup`` is a coroutine for the remote source (``remote_source.py``), which asks the master
+on a miss; these two never suspend in it (measured: no cost to the local path).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import time
@@ -51,7 +54,7 @@ class File:
 
 
 class Source(Protocol):
-    def lookup(self, parts: tuple[bytes, ...]) -> File | None: ...
+    async def lookup(self, parts: tuple[bytes, ...]) -> File | None: ...
 
     def read(self, f: File, offset: int, length: int) -> AsyncIterator[bytes]: ...
 
@@ -61,7 +64,9 @@ class Source(Protocol):
 
 
 class ClusterSource:
-    """Files of the cluster, read without the master: read-only SQLite, local volumes."""
+    """Files of the cluster, read without the master: read-only SQLite, local volumes, and
+    this host's S3 volumes (``start`` opens them) for chunks no local volume holds — a lost
+    disk is served from S3 while the master rebuilds it. Local copies are read first."""
 
     def __init__(self, cfg: ClusterConfig) -> None:
         conn = schema.connect(cfg.meta_dir / "meta.db", readonly=True)
@@ -78,8 +83,22 @@ class ClusterSource:
         self._turn = 0
         self._cache: dict[tuple[bytes, ...], tuple[float, File | None]] = {}
         self._version = -1
+        self._s3 = [(sc, known[sc.name][0]) for sc in cfg.s3_volumes if sc.name in known]
+        self._stack = contextlib.AsyncExitStack()
 
-    def lookup(self, parts: tuple[bytes, ...]) -> File | None:
+    async def start(self) -> None:
+        """Open the S3 volumes (one connection per endpoint, in this worker's loop)."""
+        if self._s3:
+            from cluster.s3store import open_stores  # aioboto3 only when S3 is used
+
+            opened = await open_stores([sc for sc, _ in self._s3], self._stack)
+            for (sc, vid), (_, store) in zip(self._s3, opened, strict=True):
+                self.volumes[vid] = Volume(vid, sc.name, store, kind="s3", worth=sc.counts_as)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def lookup(self, parts: tuple[bytes, ...]) -> File | None:
         """The file at ``parts``. Answers are cached per worker until the next commit (any
         change to the metadata, ``PRAGMA data_version``) and for at most ``CACHE_TTL``
         (a volume can vanish without a commit)."""
@@ -117,6 +136,8 @@ class ClusterSource:
         (c,) = chunks
         key = ChunkKey(c.id, c.version)
         for vid in self._order(c):
+            if vid not in self.accel:  # an S3 copy: nginx cannot send it
+                continue
             store = self.volumes[vid].store
             assert isinstance(store, LocalVolume)
             try:
@@ -128,11 +149,13 @@ class ClusterSource:
         return None
 
     def _order(self, c: Chunk) -> list[int]:
+        """The volumes holding a copy: local ones first, rotating among them."""
         vids = [vid for vid in self.volumes if c.copies & (1 << vid)]
         if vids:
             self._turn += 1
             t = self._turn % len(vids)
             vids = vids[t:] + vids[:t]
+            vids.sort(key=lambda vid: vid not in self.accel)
         return vids
 
     async def read(self, f: File, offset: int, length: int) -> AsyncIterator[bytes]:
@@ -173,7 +196,8 @@ class ClusterSource:
     def _volume_problems(self) -> list[str]:
         problems = []
         for v in self.volumes.values():
-            assert isinstance(v.store, LocalVolume)
+            if not isinstance(v.store, LocalVolume):
+                continue  # S3: its health is the master's to judge (``cluster status``)
             try:
                 v.store.identity()
             except ClusterError as exc:
@@ -188,9 +212,9 @@ class DirectorySource:
     def __init__(self, root: Path) -> None:
         self.root = os.fsencode(root.resolve())
 
-    def lookup(self, parts: tuple[bytes, ...]) -> File | None:
+    async def lookup(self, parts: tuple[bytes, ...]) -> File | None:
         path = os.path.join(self.root, *parts) if parts else self.root
-        real = os.path.realpath(path)
+        real = os.path.realpath(path)  # noqa: ASYNC240 - on the loop on purpose (see above)
         if real != self.root and not real.startswith(self.root + b"/"):
             return None  # a symbolic link out of the directory
         try:

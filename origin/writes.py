@@ -75,8 +75,9 @@ class Writer:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _discard(request)
             return _too_large(limit)
+        url = self.cfg.origin.master or master_url(self.cfg.cluster)  # a remote host's master
         try:
-            async with RemoteCluster(master_url(self.cfg.cluster)) as master:
+            async with RemoteCluster(url) as master:
                 if request.method == "DELETE":
                     await master.rm(path)
                     log.info("origin.deleted", path=request.path)

@@ -28,6 +28,7 @@ from origin.up import NAMES, SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = "/etc/tandem/tandem.toml"  # where the Dockerfile puts docker/tandem.toml
+REMOTE_CONF = "/etc/tandem/tandem-remote.toml"  # where compose mounts docker/tandem-remote.toml
 TANDEM = ["tandem", "--config", CONF]
 UNITS = ROOT / "docs" / "systemd"
 UNIT_BIN = "/opt/tandem/bin/tandem"
@@ -52,7 +53,7 @@ def test_docker_compose_accepts_the_file() -> None:
 
 
 def test_the_services_run_the_commands_of_tandem_up() -> None:
-    services = compose()["services"]
+    services = {n: c for n, c in compose()["services"].items() if "profiles" not in c}
     assert set(services) == {*NAMES, "net"}
     for s in SERVICES:
         c = services[s.name]
@@ -64,6 +65,46 @@ def test_the_services_run_the_commands_of_tandem_up() -> None:
     assert services["origin"]["deploy"]["replicas"] >= 2
     assert "8080:8080" in services["net"]["ports"]
     assert container_config().nginx.listen == ("0.0.0.0", 8080)
+
+
+def test_the_remote_profile_is_an_origin_on_a_second_host() -> None:
+    """``--profile remote``: an origin that mounts none of the master's data (only its own
+    config and cache), reaches the master over HTTP and reads S3 from the profile's MinIO."""
+    exe = shutil.which("docker-compose")
+    if exe is not None:
+        done = subprocess.run([exe, "-f", str(ROOT / "compose.yaml"), "--profile", "remote",
+                               "config", "-q"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    services = compose()["services"]
+    extra = {n for n, c in services.items() if "profiles" in c}
+    assert extra == {"s3", "s3-bucket", "origin-remote"}
+    assert all(services[n]["profiles"] == ["remote"] for n in extra)
+    remote = services["origin-remote"]
+    assert remote["command"] == ["tandem", "--config", REMOTE_CONF, "origin"]
+    assert remote["healthcheck"]["test"] == ["CMD", "python3", "-m", "origin.probe",
+                                             "--config", REMOTE_CONF, "origin", "--ready"]
+    assert remote["network_mode"] == "service:net"
+    assert remote["depends_on"]["master"] == {"condition": "service_healthy"}
+    mounts = dict(m.split(":")[1::-1] for m in remote["volumes"])
+    assert mounts[REMOTE_CONF] == "./docker/tandem-remote.toml"
+    assert set(mounts.values()) - {"./docker/tandem-remote.toml"} <= set(compose()["volumes"])
+    assert not {"master", "vol0", "vol1", "vol2", "legacy", "sync"} & set(mounts.values())
+
+    cfg, host = remote_config(), container_config()
+    assert cfg.origin.master == f"http://{host.cluster.listen[0]}:{host.cluster.listen[1]}"
+    assert cfg.origin.listen not in (host.origin.listen, host.legacy.listen)  # one netns
+    (cache_mount,) = [target for target, vol in mounts.items() if vol == "origin-cache"]
+    assert cfg.origin.cache_dir.is_relative_to(cache_mount)  # hot chunks outlive the container
+    (s3,) = cfg.cluster.s3_volumes
+    address = services["s3"]["command"][services["s3"]["command"].index("--address") + 1]
+    assert s3.endpoint == f"http://{address}"
+    assert f"s3/{s3.bucket}" in " ".join(services["s3-bucket"]["entrypoint"])
+    assert cfg.cluster.volumes == ()  # no local volume: nothing of the master on this host
+
+
+def remote_config() -> config_mod.Config:
+    return config_mod.load(ROOT / "docker" / "tandem-remote.toml", required=True)
 
 
 def test_each_service_starts_when_the_one_before_it_is_healthy() -> None:

@@ -185,3 +185,36 @@ async def test_a_bucket_prefix_of_someone_elses_chunks_is_refused(
         assert await kinds(m, "/f") == [["local"]]
         async with S3Store(sc) as store:
             assert await store.head(ChunkKey(5, 1)) == 8  # nothing of it was touched
+
+
+async def test_local_origin_serves_from_s3_when_the_local_disks_are_gone(
+    mixed: Master,
+) -> None:
+    """The origin's cluster source (read-only SQLite, the volumes) reads an S3 copy when no
+    local one is left, and offers nginx no copy to send (none is on this host)."""
+    from origin.sources import ClusterSource
+
+    m = mixed
+    bodies = {f"/o/{i}": data(CHUNK + 11 * i + 1, seed=90 + i) for i in range(3)}
+    bodies["/o/small"] = data(1000, seed=99)
+    for p, b in bodies.items():
+        await m.put(p, b)
+    src = ClusterSource(m.cfg)
+    await src.start()
+    try:
+        small = await src.lookup((b"o", b"small"))
+        assert small is not None and small.accel is not None  # a local copy: nginx sends it
+        for v in [v for v in m.volumes.values() if v.kind == "local"]:
+            shutil.rmtree(v.path)
+        assert src.unable() is None  # S3 still holds every chunk
+        for p, b in bodies.items():
+            parts = tuple(x.encode() for x in p.strip("/").split("/"))
+            src._cache.clear()
+            f = await src.lookup(parts)
+            assert f is not None and f.accel is None
+            got = b"".join([piece async for piece in src.read(f, 0, f.size)])
+            assert got == b
+            got = b"".join([piece async for piece in src.read(f, 5, 100)])
+            assert got == b[5:105]
+    finally:
+        await src.close()
