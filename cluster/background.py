@@ -17,6 +17,7 @@ every pass logs what it did and records counters in ``master.stats`` (shown by s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -134,13 +135,24 @@ async def replicate_pass(m: Master) -> None:
 
 async def fix_chunk(m: Master, chunk_id: int, counted: int) -> int:
     """Bring one chunk's copy count to its goal, a copy at a time; the number of copies
-    added or removed."""
+    added or removed. A chunk a store migration is working on is left alone (``m.migrating``;
+    the migration waits for a step already under way: ``m.fixing``)."""
     changed = 0
-    for _ in range(16):  # goals are at most 9: this bound is never the one that stops it
-        step = await _fix_step(m, chunk_id, counted)
-        if not step:
-            break
-        changed += step
+    m.fixing[chunk_id] += 1
+    try:
+        for _ in range(16):  # goals are at most 9: this bound is never the one that stops it
+            if chunk_id in m.migrating:
+                break
+            step = await _fix_step(m, chunk_id, counted)
+            if not step:
+                break
+            changed += step
+    finally:
+        m.fixing[chunk_id] -= 1
+        if m.fixing[chunk_id] <= 0:
+            del m.fixing[chunk_id]
+            m.fixed.set()
+            m.fixed.clear()
     return changed
 
 
@@ -158,7 +170,9 @@ async def _fix_step(m: Master, chunk_id: int, counted: int) -> int:
             return 0
         return await _add_copy(m, c)
     if readable.bit_count() > c.goal:
-        victim = placement.victim([v for v in m.volumes.values() if readable & v.bit])
+        copies = [v for v in m.volumes.values() if readable & v.bit]
+        # A copy on a volume a store migration is draining goes first (``migrate.py``).
+        victim = placement.victim([v for v in copies if v.draining] or copies)
         await m._mutate(lambda: m.meta.set_copies(c.id, remove=victim.bit))
         await victim.store.delete(ChunkKey(c.id, c.version))
         m.forget_links([victim])
@@ -199,7 +213,10 @@ async def _add_copy(m: Master, c: Chunk) -> int:
         except StoreError as exc:
             m._volume_failed(target, exc)
             raise
-        await m._mutate(lambda: m.meta.set_copies(c.id, add=target.bit))
+        if not await m._mutate(lambda: m.meta.set_copies(c.id, add=target.bit)):
+            with contextlib.suppress(StoreError):  # purged meanwhile: not an orphan to leave
+                await target.store.delete(key)
+            return 0
     finally:
         m.inflight.discard((target.id, c.id))
     _bump(m, "copies_added")

@@ -13,6 +13,8 @@ one writer). ``serve`` runs the master daemon.
     settrashtime [-r] S P…  mfssettrashtime           gettrashtime [-r] P…  mfsgettrashtime
     trash ls|undel|purge    mfsundel & meta mount     status [--json]       mfscgiserv
     fsck [--verify] [--repair]                        serve [--listen H:P]  mfsmaster
+    migrate-store --from VOL --to VOL [--move] [--dry-run] [--json]
+                            move or copy every chunk copy from one volume to another, online
 """
 
 from __future__ import annotations
@@ -91,6 +93,15 @@ def add_parser(sub: Any) -> None:
     c = cmd("fsck", "check metadata against every chunk copy (exit 1 on problems)")
     c.add_argument("--verify", action="store_true", help="read every copy in full (CRC)")
     c.add_argument("--repair", action="store_true", help="drop bad copies, remove orphans")
+    c = cmd("migrate-store", "copy (or --move) every chunk copy on one volume to another, "
+            "online and resumable, each copy verified by CRC (exit 1 when some could not be)")
+    c.add_argument("--from", dest="src", required=True, metavar="VOL",
+                   help="source volume: its id, or its path or name as status prints it")
+    c.add_argument("--to", dest="dst", required=True, metavar="VOL", help="destination volume")
+    c.add_argument("--move", action="store_true",
+                   help="drop each source copy once its new copy is verified (default: copy)")
+    c.add_argument("--dry-run", action="store_true", help="only count what would be done")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def master_url(cfg: ClusterConfig) -> str:

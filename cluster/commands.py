@@ -306,6 +306,7 @@ async def _status(c: Any, args: argparse.Namespace) -> int:
     out("volumes:")
     for v in s["volumes"]:
         why = f"  ({v['reason']})" if v["reason"] else ""
+        why += "  (draining: a migration is moving its copies off)" if v.get("draining") else ""
         if v["kind"] == "s3":  # S3 reports no usage; a copy may count as several
             space = f"{'counts as ' + str(v['counts_as']):<37}"
         else:
@@ -331,9 +332,54 @@ async def _fsck(c: Any, args: argparse.Namespace) -> int:
     return 0 if r["ok"] else 1
 
 
+def _volume_arg(spec: str) -> str:
+    """A volume as the master knows it: a local directory given relative to here resolved."""
+    if not spec.isdigit() and not spec.startswith("s3:") and os.path.isdir(spec):
+        return str(Path(spec).resolve())
+    return spec
+
+
+async def _migrate_store(c: Any, args: argparse.Namespace) -> int:
+    with tqdm(total=0, unit="B", unit_scale=True, disable=None, file=sys.stderr) as bar:
+
+        def progress(p: dict[str, Any]) -> None:
+            bar.total = p["bytes"]
+            bar.n = p["processed_bytes"]
+            bar.set_postfix(chunks=f"{p['processed']}/{p['chunks']}", failed=p["failed"],
+                            refresh=False)
+            bar.refresh()  # a no-op when stderr is not a terminal
+
+        r = await c.migrate_store(_volume_arg(args.src), _volume_arg(args.dst), move=args.move,
+                                  dry_run=args.dry_run, progress=progress)
+    if args.json:
+        out(json.dumps(r))
+    else:
+        src, dst = (f"{v['id']} {v['path']}" for v in (r["from"], r["to"]))
+        verb = "move" if r["move"] else "copy"
+        if r["dry_run"]:
+            out(f"dry run, {verb} from {src} to {dst}: {r['chunks']} chunk(s), {r['bytes']} "
+                f"bytes; {r['to_copy']} chunk(s), {r['to_copy_bytes']} bytes to write"
+                + (f"; {r['chunks'] - r['to_copy']} only dropped from the source"
+                   if r["move"] else ""))
+            return 0
+        out(f"{verb} from {src} to {dst}: {r['migrated']} chunk(s), {r['migrated_bytes']} "
+            f"bytes in {r['seconds']} s; already done {r['skipped']}, deleted meanwhile "
+            f"{r['gone']}, bad copies dropped {r['bad_copies']}, failed {r['failed']}")
+        if r["under_goal"]:
+            out(f"under goal after the move: {r['under_goal']} chunk(s) (no other volume could "
+                "take a copy)")
+        for f in r["failed_chunks"]:
+            out(f"failed: {f['chunk']}: {f['error']}")
+        if r["failed"] > len(r["failed_chunks"]):
+            out(f"failed: … and {r['failed'] - len(r['failed_chunks'])} more")
+        if r["aborted"]:
+            out(f"stopped: {r['aborted']}")
+    return 0 if r["ok"] else 1
+
+
 COMMANDS: dict[str, Callable[[Any, argparse.Namespace], Any]] = {
     "put": _put, "get": _get, "cat": _cat, "ls": _ls, "rm": _rm, "mv": _mv, "mkdir": _mkdir,
     "snapshot": _snapshot, "fileinfo": _fileinfo, "checkfile": _checkfile,
     "setgoal": _set, "settrashtime": _set, "getgoal": _getset, "gettrashtime": _getset,
-    "trash": _trash, "status": _status, "fsck": _fsck,
+    "trash": _trash, "status": _status, "fsck": _fsck, "migrate-store": _migrate_store,
 }

@@ -8,8 +8,12 @@ the error class names, and ``RemoteCluster`` re-raises the same class.
     PUT  /v1/file?path=P[&mode=&mtime_ns=]   streamed body → put; 201 + entry JSON
     GET  /v1/file?path=P                the bytes; one ``Range: bytes=a-b`` → 206
     GET  /v1/stat|ls|walk|fileinfo|checkfile?path=P
+    GET  /v1/lookup?path=P              what an origin serves: {"seq", "file": null | {size,
+                                        mtime_ns, chunks: [[id, version, size, copies], …]}}
+    GET  /v1/chunk?id=&version=[&offset=&length=]   one chunk's bytes (a good copy, verified)
     GET  /v1/status | /v1/trash?after=&limit= | /v1/changes?after=&limit=&wait=
     POST /v1/mkdir|rm|mv|snapshot|setgoal|settrashtime|undelete|purge|fsck   JSON body
+    POST /v1/migrate-store {"from", "to", "move", "dry_run"}   NDJSON progress, then result
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import structlog
 from sanic import Request, Sanic
 from sanic.response import BaseHTTPResponse, HTTPResponse, JSONResponse, json
 
-from cluster import wire
-from cluster.errors import ClusterError, InvalidArgument
+from cluster import paths, wire
+from cluster.errors import ChunkMissing, ClusterError, InvalidArgument, UserError
 from cluster.master import Master
 from cluster.ranges import parse_range
 
@@ -154,6 +158,36 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
         return json({"entry": wire.entry_json(entry),
                      "chunks": [wire.chunkinfo_json(i) for i in infos]})
 
+    @app.get("/v1/lookup")
+    async def lookup(request: Request) -> JSONResponse:
+        """A file as an origin needs it, and the changelog position it was read at (one
+        snapshot): a change after ``seq`` is not in the answer. ``file`` is null for a path
+        that is not a file. On the event loop, like ``Master.open``: a few primary-key reads."""
+        return json(_lookup(m, _path(_query(request))))
+
+    @app.get("/v1/chunk")
+    async def chunk(request: Request) -> HTTPResponse:
+        """The bytes of chunk ``id`` at ``version`` (all, or ``length`` from ``offset``),
+        from a good copy; ``ChunkMissing`` when the metadata has no such chunk version."""
+        q = _query(request)
+        cid, version = _int(q, "id"), _int(q, "version")
+        if cid is None or version is None:
+            raise InvalidArgument("query parameters 'id' and 'version' are required")
+        meta = m.reader
+        assert meta is not None
+        try:
+            (c,) = meta.chunks((cid,))
+        except (UserError, OverflowError):
+            c = None
+        if c is None or c.version != version:
+            raise ChunkMissing(f"no chunk {cid:016X} version {version} in the metadata")
+        offset = _int(q, "offset", 0) or 0
+        length = _int(q, "length", c.size - offset)
+        if length is None or offset < 0 or length < 0 or offset + length > c.size:
+            raise InvalidArgument(f"range {offset}+{length} outside chunk of {c.size} bytes")
+        data = await m.read_chunk(c, offset, length) if length else b""
+        return HTTPResponse(data, content_type="application/octet-stream")
+
     @app.get("/v1/checkfile")
     async def checkfile(request: Request) -> JSONResponse:
         return json(await m.checkfile(_path(_query(request))))
@@ -184,6 +218,21 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
                 async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel
                     await m.changed.wait()
         return json([wire.change_json(c) for c in await m.changes(after, limit)])
+
+    @app.post("/v1/migrate-store")
+    async def migrate_store(request: Request) -> None:
+        """A store migration (``cluster/migrate.py``): bad input is a JSON error as usual,
+        then NDJSON lines: ``{"progress": …}`` as it goes, ``{"result": …}`` or ``{"error":
+        NAME, "message": …}`` last. The client going away cancels it (a re-run resumes)."""
+        from cluster import migrate
+
+        b = _body(request)
+        src, dst = migrate.plan(m, b.get("from", ""), b.get("to", ""))
+        resp = await request.respond(content_type="application/x-ndjson")
+        assert resp is not None
+        await migrate.stream(m, resp.send, src.id, dst.id, move=bool(b.get("move")),
+                             dry_run=bool(b.get("dry_run")))
+        await resp.eof()
 
     @app.post("/v1/<op:str>")
     async def op(request: Request, op: str) -> JSONResponse:
@@ -219,3 +268,22 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
         return json({"error": "NotFound", "message": f"no operation {op!r}"}, status=404)
 
     return app
+
+
+def _lookup(m: Master, path: bytes) -> dict[str, Any]:
+    meta = m.reader
+    assert meta is not None
+    meta.db.execute("BEGIN")
+    try:
+        seq = meta.changelog_bounds()[1]
+        try:
+            e = meta.stat(paths.parse(path))
+            if e.is_dir:
+                return {"seq": seq, "file": None}
+            chunks = meta.chunks(e.chunks)
+        except UserError:  # not found, a parent is a file, a path the cluster cannot hold
+            return {"seq": seq, "file": None}
+    finally:
+        meta.db.execute("COMMIT")
+    return {"seq": seq, "file": {"size": e.size, "mtime_ns": e.mtime_ns, "chunks": [
+        [c.id, c.version, c.size, c.copies] for c in chunks]}}

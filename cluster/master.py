@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -49,6 +49,9 @@ from cluster.meta import Chunk, Entry, Meta, NewChunk, distinct_mtime
 from cluster.store import BatchWriter, CachedReader, ChunkKey, ChunkStore
 from cluster.view import View
 from cluster.volume import LocalVolume
+
+if TYPE_CHECKING:
+    from cluster.migrate import Migration
 
 log = structlog.get_logger("cluster")
 T = TypeVar("T")
@@ -125,7 +128,8 @@ class Master:
         # replicator leaves alone, and the chunks the replicator is fixing, which it waits for.
         self.migrating: set[int] = set()
         self.fixing: Counter[int] = Counter()
-        self.migration: Any = None  # the running ``migrate.Migration``, if any
+        self.fixed = asyncio.Event()  # set (and cleared) when a chunk leaves ``fixing``
+        self.migration: Migration | None = None  # the store migration running, if any
         self.stats: dict[str, Any] = {}
         self.changed = asyncio.Event()  # set after every commit (in-process change feed)
         self.commits = 0  # commits so far: compare before waiting on ``changed``
@@ -765,6 +769,24 @@ class Master:
         from cluster.fsck import fsck
 
         return await fsck(self, verify=verify, repair=repair)
+
+    async def migrate_store(
+        self,
+        src: int | str,
+        dst: int | str,
+        *,
+        move: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Copy (or ``move``) every chunk copy on volume ``src`` to volume ``dst`` (an id, or
+        a path or name as ``status`` shows it), online; ``progress`` gets counts as it goes.
+        The report says what was done and which chunks could not be (``cluster/migrate.py``)."""
+        from cluster.migrate import migrate_store
+
+        return await migrate_store(
+            self, src, dst, move=move, dry_run=dry_run, progress=progress
+        )
 
     async def changes(self, after: int, limit: int = 1000) -> list[Any]:
         return await self._db(self.meta.changes, after, limit)

@@ -696,10 +696,12 @@ class Meta:
 
     # -- chunk copies ----------------------------------------------------------------------------
 
-    def set_copies(self, chunk_id: int, add: int = 0, remove: int = 0) -> None:
-        self.db.execute(
+    def set_copies(self, chunk_id: int, add: int = 0, remove: int = 0) -> bool:
+        """Add and remove copies (volume bits); False when the chunk is no longer there."""
+        cur = self.db.execute(
             "UPDATE chunk SET copies = (copies | ?) & ~? WHERE id = ?", (add, remove, chunk_id)
         )
+        return cur.rowcount > 0
 
     def set_worth(self, weights: dict[int, int]) -> None:
         """What a copy on each volume counts toward a goal (volume bit → worth), for the SQL
@@ -737,6 +739,25 @@ class Meta:
             (after, limit),
         ).fetchall()
         return [Chunk(*r) for r in rows]
+
+    def chunks_on(self, mask: int, after: int, limit: int, without: int = 0) -> list[Chunk]:
+        """Chunks after id ``after`` with a copy on a volume of ``mask`` and none on a volume
+        of ``without``, by id (a store migration's work list)."""
+        rows = self.db.execute(
+            "SELECT id, version, size, goal, copies, refs FROM chunk "
+            "WHERE id > ? AND copies & ? != 0 AND copies & ? = 0 ORDER BY id LIMIT ?",
+            (after, mask, without, limit),
+        ).fetchall()
+        return [Chunk(*r) for r in rows]
+
+    def count_on(self, mask: int, without: int = 0) -> tuple[int, int]:
+        """(chunks, bytes) that ``chunks_on`` would list in all."""
+        n, size = self.db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM chunk "
+            "WHERE copies & ? != 0 AND copies & ? = 0",
+            (mask, without),
+        ).fetchone()
+        return int(n), int(size)
 
     def copies_of(self, ids: list[int]) -> dict[int, int]:
         """chunk id → copies mask, for the ids that exist."""

@@ -7,8 +7,9 @@ re-raises the error class the master raised; a master that cannot be reached rai
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -147,6 +148,27 @@ class RemoteCluster:
         d = await self._get("/v1/fileinfo", path)
         return wire.entry_from(d["entry"]), [wire.chunkinfo_from(c) for c in d["chunks"]]
 
+    async def lookup(self, path: bytes | str) -> dict[str, Any]:
+        """``GET /v1/lookup``: ``{"seq": N, "file": None | {"size", "mtime_ns", "chunks":
+        [[id, version, size, copies mask], …]}}`` read in one snapshot at changelog ``seq``."""
+        result: dict[str, Any] = await self._get("/v1/lookup", path)
+        return result
+
+    async def chunk(
+        self, chunk_id: int, version: int, offset: int = 0, length: int | None = None
+    ) -> bytes:
+        """The bytes of one chunk version (all, or ``length`` from ``offset``), read by the
+        master from a good copy."""
+        params: dict[str, Any] = {"id": chunk_id, "version": version, "offset": offset}
+        if length is not None:
+            params["length"] = length
+        try:
+            resp = await self._http.get(_url("/v1/chunk", **params))
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"cannot reach the master at {self.url}: {exc}") from None
+        self._raise(resp)
+        return resp.content
+
     async def checkfile(self, path: bytes | str) -> dict[str, Any]:
         result: dict[str, Any] = await self._get("/v1/checkfile", path)
         return result
@@ -157,6 +179,41 @@ class RemoteCluster:
 
     async def fsck(self, verify: bool = False, repair: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = await self._post("fsck", verify=verify, repair=repair)
+        return result
+
+    async def migrate_store(
+        self,
+        src: int | str,
+        dst: int | str,
+        *,
+        move: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/migrate-store``: the master runs it and streams NDJSON progress lines
+        (at least one every few seconds, so the read timeout holds), then the report."""
+        body = {"from": str(src), "to": str(dst), "move": move, "dry_run": dry_run}
+        result: dict[str, Any] | None = None
+        try:
+            async with self._http.stream("POST", "/v1/migrate-store", json=body) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    self._raise(resp)
+                async for text in resp.aiter_lines():
+                    if not text.strip():
+                        continue
+                    msg = json.loads(text)
+                    if "progress" in msg and progress is not None:
+                        progress(msg["progress"])
+                    elif "result" in msg:
+                        result = msg["result"]
+                    elif "error" in msg:
+                        cls = BY_NAME.get(msg["error"], ClusterError)
+                        raise cls(msg.get("message", ""))
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"migrating on the master at {self.url}: {exc}") from None
+        if result is None:
+            raise RemoteError(f"the master at {self.url} ended the migration without a report")
         return result
 
     async def changes(self, after: int, limit: int = 1000, wait: int = 0) -> list[Change]:
