@@ -18,8 +18,8 @@ mon, one memstore OSD, radosgw), stopped by PID at the end. Workload: N files of
   metadata durably (SQLite WAL, fsynced, group commit); a get looks the file up and verifies
   the CRCs.
 
-Each repetition runs anchor then tandem on fresh prefixes; figures are medians over the
-repetitions.
+Each repetition runs both on fresh prefixes, in alternating order; figures are medians over
+the repetitions (the ratios: medians of each repetition's ratio).
 
 **Remote origin** (``remote_origin_ratio``): a master process (``tandem cluster serve``) with
 one local volume and the S3 volume (goal 2: a local and an S3 copy of each file) holds the
@@ -175,8 +175,12 @@ def throughput(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str,
             meta_dir=work_dir / f"meta{rep}", volumes=(), default_goal=1,
             s3_volumes=(dataclasses.replace(base, prefix=f"tandem-{rep}-{uuid.uuid4().hex[:6]}/"),),
         )
-        raw_put, raw_get = asyncio.run(anchor(base, work))
-        put, get = asyncio.run(tandem(cfg, work))
+        if rep % 2 == 0:  # the order alternates: drift hits both sides alike
+            raw_put, raw_get = asyncio.run(anchor(base, work))
+            put, get = asyncio.run(tandem(cfg, work))
+        else:
+            put, get = asyncio.run(tandem(cfg, work))
+            raw_put, raw_get = asyncio.run(anchor(base, work))
         for k, v in (("raw_put", raw_put), ("raw_get", raw_get), ("put", put), ("get", get)):
             rows[k].append(v)
         say(f"rep {rep + 1}: put {put:7.0f} files/s vs raw {raw_put:7.0f} "
