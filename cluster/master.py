@@ -14,6 +14,7 @@ alone if it fails.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import functools
@@ -57,6 +58,10 @@ log = structlog.get_logger("cluster")
 T = TypeVar("T")
 
 READ_PIECE = 1 << 20  # bytes per piece when streaming a file out
+CHAIN = 8  # group commits the database thread runs in a row before other database calls
+
+Batch = list[tuple[Callable[[], Any], "asyncio.Future[Any]", list[PendingWrite]]]
+Outcome = tuple[list[tuple[bool, Any]], list[tuple[int, StoreError]]]
 
 
 @dataclass
@@ -135,7 +140,9 @@ class Master:
         self.commits = 0  # commits so far: compare before waiting on ``changed``
         self.view: View | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meta")
-        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite]]] = []
+        self._queue: collections.deque[
+            tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite]]
+        ] = collections.deque()
         self._queued = asyncio.Event()
         self._ids: range = range(0)
         self._id_pos = 0
@@ -360,36 +367,55 @@ class Master:
         return await fut
 
     async def _committer(self) -> None:
+        """Group commits. The database thread runs one batch after another (each: every
+        mutation queued when it starts) without a trip back to the loop in between; a
+        batch's results reach the loop in one call (``_deliver``). On a busy loop each trip
+        costs a loop iteration, which a put would otherwise wait for several times."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._queued.wait()
-            await self._commit_batch()
+            self._queued.clear()
+            await self._db(self._commit_queued, loop)
 
-    async def _commit_batch(self) -> None:
-        self._queued.clear()
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
+    def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the database thread: commit what is queued, a batch at a time (at most
+        ``CHAIN`` batches, so other database calls are not held back for long)."""
+        for _ in range(CHAIN):
+            batch: Batch = []
+            while self._queue:  # deque.popleft and append are atomic: the loop appends
+                batch.append(self._queue.popleft())
+            if not batch:
+                return
+            outcome: Outcome | Exception
+            try:
+                outcome = self._commit_batch(batch)
+            except Exception as exc:  # the commit itself failed: nothing in the batch happened
+                outcome = exc
+            loop.call_soon_threadsafe(self._deliver, batch, outcome)
+        # Anything still queued was queued after the committer cleared ``_queued``: that
+        # ``_mutate`` set it again, so the committer comes back for it.
 
-        def run() -> tuple[list[tuple[bool, Any]], list[tuple[int, StoreError]]]:
-            failures = write_and_sync([w for _, _, ws in batch for w in ws])
-            results: list[tuple[bool, Any]] = []
-            with self.meta.transaction():
-                for fn, _, _ in batch:
-                    try:
-                        with self.meta.savepoint():
-                            results.append((True, fn()))
-                    except ClusterError as exc:
-                        results.append((False, exc))
-            return results, failures
+    def _commit_batch(self, batch: Batch) -> Outcome:
+        failures = write_and_sync([w for _, _, ws in batch for w in ws])
+        results: list[tuple[bool, Any]] = []
+        with self.meta.transaction():
+            for fn, _, _ in batch:
+                try:
+                    with self.meta.savepoint():
+                        results.append((True, fn()))
+                except ClusterError as exc:
+                    results.append((False, exc))
+        return results, failures
 
-        try:
-            results, failures = await self._db(run)
-        except Exception as exc:  # the commit itself failed: nothing in the batch happened
-            log.error("meta.commit_failed", error=str(exc), ops=len(batch))
+    def _deliver(self, batch: Batch, outcome: Outcome | Exception) -> None:
+        """On the loop: a committed batch's results to its callers."""
+        if isinstance(outcome, Exception):
+            log.error("meta.commit_failed", error=str(outcome), ops=len(batch))
             for _, fut, _ in batch:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_exception(outcome)
             return
+        results, failures = outcome
         for vid, err in failures:
             log.warning("chunk.put_failed", volume=self.volumes[vid].path, error=str(err))
             self._volume_failed(self.volumes[vid], err)
