@@ -201,16 +201,9 @@ def throughput(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str,
     return out
 
 
-def s3_toml(sc: Any) -> str:
-    return "\n".join([
-        "[[cluster.volumes]]", 'kind = "s3"', f'endpoint = "{sc.endpoint}"',
-        f'bucket = "{sc.bucket}"', f'prefix = "{sc.prefix}"', f'region = "{sc.region}"',
-        f'access_key = "{sc.access_key}"', f'secret_key = "{sc.secret_key}"', "",
-    ])
-
-
 def remote_origin(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str, Any]:
     import origin_bench as ob
+    from s3util import volume_toml as s3_toml
 
     from cluster.remote import RemoteCluster
 

@@ -208,11 +208,7 @@ async def _add_copy(m: Master, c: Chunk) -> int:
         return 0
     m.inflight.add((target.id, c.id))
     try:
-        try:
-            await target.store.put(key, data, mtime_ns=mtime)
-        except StoreError as exc:
-            m._volume_failed(target, exc)
-            raise
+        await m.put_copy(target, key, data, mtime)
         if not await m._mutate(lambda: m.meta.set_copies(c.id, add=target.bit)):
             with contextlib.suppress(StoreError):  # purged meanwhile: not an orphan to leave
                 await target.store.delete(key)

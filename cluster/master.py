@@ -570,6 +570,17 @@ class Master:
             self.inflight.add((v.id, key.id))
         return PendingWrite(key, piece, stores, want)
 
+    async def put_copy(
+        self, vol: Volume, key: ChunkKey, data: bytes, mtime_ns: int | None = None
+    ) -> None:
+        """Write one copy of a chunk to ``vol`` (replication, migration); a store failure
+        also updates the volume's state."""
+        try:
+            await vol.store.put(key, data, mtime_ns=mtime_ns)
+        except StoreError as exc:
+            self._volume_failed(vol, exc)
+            raise
+
     async def _discard(self, chunks: list[NewChunk]) -> None:
         """Remove copies written for a put that did not commit (best effort; orphans are swept)."""
         for c in chunks:

@@ -372,11 +372,7 @@ class Migration:
         m.inflight.add((target.id, c.id))
         stage = "writing"
         try:
-            try:
-                await target.store.put(key, data, mtime_ns=mtime)
-            except StoreError as exc:
-                m._volume_failed(target, exc)
-                raise
+            await m.put_copy(target, key, data, mtime)
             del data
             back = await target.store.get(key)
             if len(back) != size or hashlib.sha256(back).digest() != digest:

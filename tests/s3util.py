@@ -50,6 +50,16 @@ def flip(offset: int) -> Any:
 
 
 
+def volume_toml(sc: S3Config, **extra: object) -> str:
+    """``[[cluster.volumes]]`` of kind ``s3`` for ``sc``, for a tandem.toml (``extra``: more
+    keys with numeric values)."""
+    lines = ["[[cluster.volumes]]", 'kind = "s3"'] + [
+        f'{k} = "{getattr(sc, k)}"'
+        for k in ("endpoint", "bucket", "prefix", "region", "access_key", "secret_key")
+    ] + [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
 def base_config(endpoint: str, region: str, access_key: str, secret_key: str) -> S3Config:
     """The session's bucket on the engine (small multipart sizes, so tests reach them)."""
     return S3Config(

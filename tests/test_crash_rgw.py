@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from procs import start_master
-from s3util import fresh
+from s3util import fresh, volume_toml
 
 from cluster.config import S3Config
 from cluster.errors import ClusterError
@@ -46,18 +46,7 @@ health_interval = 0.2
 work_interval = 0.2
 replication_delay = 1.0
 scrub_rate = 0
-[[cluster.volumes]]
-kind = "s3"
-endpoint = "{sc.endpoint}"
-bucket = "{sc.bucket}"
-prefix = "{sc.prefix}"
-region = "{sc.region}"
-access_key = "{sc.access_key}"
-secret_key = "{sc.secret_key}"
-max_attempts = 2
-connect_timeout = 1.0
-read_timeout = 5.0
-''')
+''' + volume_toml(sc, max_attempts=2, connect_timeout=1.0, read_timeout=5.0))
     return path
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from procs import start_master, write_config
-from s3util import fresh
+from s3util import fresh, volume_toml
 from test_master import CHUNK, cluster_cfg, copy_path, data, flip, state
 
 from cluster import background
@@ -353,15 +353,7 @@ replication_delay = 1.0
 scrub_rate = 0
 [[cluster.volumes]]
 path = "{tmp}/local"
-[[cluster.volumes]]
-kind = "s3"
-endpoint = "{sc.endpoint}"
-bucket = "{sc.bucket}"
-prefix = "{sc.prefix}"
-region = "{sc.region}"
-access_key = "{sc.access_key}"
-secret_key = "{sc.secret_key}"
-''')
+''' + volume_toml(sc))
     return path
 
 
