@@ -102,7 +102,8 @@ def render(cfg: Config) -> str:
         lines += ["", "[[cluster.volumes]]", 'kind = "s3"', f"endpoint = {_q(s3.endpoint)}",
                   f"bucket = {_q(s3.bucket)}", f"prefix = {_q(s3.prefix)}",
                   f"region = {_q(s3.region)}", f"access_key = {_q(s3.access_key)}",
-                  f"secret_key = {_q('<set>' if s3.secret_key else '')}"]
+                  f"secret_key = {_q('<set>' if s3.secret_key else '')}",
+                  f"counts_as = {s3.counts_as}"]
     o = cfg.origin
     lines += [
         "",
