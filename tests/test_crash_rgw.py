@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import start_master
+from procs import start_master, write_config
 from s3util import fresh, volume_toml
 
 from cluster.config import S3Config
@@ -36,17 +36,9 @@ def payload(i: int) -> bytes:
 
 def s3_only_config(tmp: Path, sc: S3Config) -> Path:
     """A master whose one volume is S3 (goal 1), with fast health checks."""
-    path = tmp / "tandem.toml"
-    path.write_text(f'''data_dir = "{tmp}/var"
-[cluster]
-listen = "127.0.0.1:0"
-default_goal = 1
-chunk_size = 65536
-health_interval = 0.2
-work_interval = 0.2
-replication_delay = 1.0
-scrub_rate = 0
-''' + volume_toml(sc, max_attempts=2, connect_timeout=1.0, read_timeout=5.0))
+    path = write_config(tmp, default_goal=1, chunk_size=65536, scrub_rate=0)
+    with path.open("a") as f:  # the volume: an array of tables of [cluster], last in the file
+        f.write(volume_toml(sc, max_attempts=2, connect_timeout=1.0, read_timeout=5.0))
     return path
 
 

@@ -341,19 +341,9 @@ async def test_a_put_under_way_on_the_source_is_moved_too(tmp_path: Path) -> Non
 
 def mixed_config(tmp: Path, sc: S3Config) -> Path:
     """One local volume and one S3 volume, goal 1, 64 KiB chunks, fast background work."""
-    path = tmp / "tandem.toml"
-    path.write_text(f'''data_dir = "{tmp}/var"
-[cluster]
-listen = "127.0.0.1:0"
-default_goal = 1
-chunk_size = 65536
-health_interval = 0.2
-work_interval = 0.2
-replication_delay = 1.0
-scrub_rate = 0
-[[cluster.volumes]]
-path = "{tmp}/local"
-''' + volume_toml(sc))
+    path = write_config(tmp, default_goal=1, chunk_size=65536, scrub_rate=0)
+    with path.open("a") as f:  # the volumes: arrays of tables of [cluster], last in the file
+        f.write(f'[[cluster.volumes]]\npath = "{tmp}/local"\n' + volume_toml(sc))
     return path
 
 
