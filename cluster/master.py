@@ -540,16 +540,21 @@ class Master:
     async def _stamp(self, written: list[NewChunk | PendingWrite], mtime_ns: int) -> None:
         """Give every copy the file's mtime: small chunks get it as the committer writes
         them; large ones, already durable, get it set (and fsynced) now."""
+        local = self._local_bits()
         done = []
         for w in written:
             if isinstance(w, PendingWrite):
                 w.mtime_ns = mtime_ns
-            else:
+            elif w.copies & local:  # S3 copies keep no mtime: no trip to a thread for them
                 done.append(w)
         if done:
             await asyncio.gather(
                 *(asyncio.to_thread(self._set_mtime, c, mtime_ns) for c in done)
             )
+
+    def _local_bits(self) -> int:
+        """The copies-mask bits of the local volumes."""
+        return sum(v.bit for v in self.volumes.values() if isinstance(v.store, LocalVolume))
 
     def _set_mtime(self, c: NewChunk, mtime_ns: int) -> None:
         for v in self.volumes.values():
