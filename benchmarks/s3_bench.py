@@ -4,7 +4,7 @@ engine, files and concurrency.
 Run from the repository root (Ceph's packages must be installed: ``./dev test`` does)::
 
     .venv/bin/python benchmarks/s3_bench.py --quick     # under a minute
-    .venv/bin/python benchmarks/s3_bench.py             # full: 2,000 files, 3 repetitions
+    .venv/bin/python benchmarks/s3_bench.py             # full: 2,000 files, 5 repetitions
 
 The engine is a real Ceph RGW started by the benchmark on loopback (``tests/cephrgw.py``: one
 mon, one memstore OSD, radosgw), stopped by PID at the end. Workload: N files of 4–200 KiB
@@ -19,7 +19,8 @@ mon, one memstore OSD, radosgw), stopped by PID at the end. Workload: N files of
   the CRCs.
 
 Each repetition runs both on fresh prefixes, in alternating order; figures are medians over
-the repetitions (the ratios: medians of each repetition's ratio).
+the repetitions (the ratios: medians of each repetition's ratio). Five in a full run: the
+engine shares the two cores, and a single repetition's ratio swings by ±0.15.
 
 **Remote origin** (``remote_origin_ratio``): a master process (``tandem cluster serve``) with
 one local volume and the S3 volume (goal 2: a local and an S3 copy of each file) holds the
@@ -264,7 +265,7 @@ def remote_origin(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[s
         for port in ports.values():  # warm-up: every worker's lookups and the caches
             ob.wrk(f"http://127.0.0.1:{port}", 16, args.warmup, 2, script, 0)
         rps: dict[str, list[float]] = {"local": [], "remote": []}
-        for rep in range(args.reps * 2):
+        for rep in range(args.origin_runs):
             order = list(ports) if rep % 2 == 0 else list(reversed(ports))
             for name in order:
                 run = ob.wrk(f"http://127.0.0.1:{ports[name]}", 16, args.duration, 2, script,
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="small run, under a minute")
     p.add_argument("--files", type=int, help="files (full 2000, quick 500)")
-    p.add_argument("--reps", type=int, help="repetitions (full 3, quick 1)")
+    p.add_argument("--reps", type=int, help="put/get repetitions (full 5, quick 1)")
+    p.add_argument("--origin-runs", type=int, help="wrk runs per origin (full 6, quick 2)")
     p.add_argument("--seed", type=int, default=20261121)
     p.add_argument("--duration", type=int, help="seconds per wrk run (full 10, quick 4)")
     p.add_argument("--warmup", type=int, help="seconds of wrk warm-up (full 5, quick 2)")
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     args.duration = args.duration or (4 if args.quick else 10)
     args.warmup = args.warmup or (2 if args.quick else 5)
     args.files = args.files or (500 if args.quick else 2000)
-    args.reps = args.reps or (1 if args.quick else 3)
+    args.reps = args.reps or (1 if args.quick else 5)
+    args.origin_runs = args.origin_runs or (2 if args.quick else 6)
     quiet_logs()
     import cephrgw
 
