@@ -143,8 +143,7 @@ class Master:
         self._queue: collections.deque[
             tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite]]
         ] = collections.deque()
-        self._committing = False  # the database thread is at the queue (``_kick``)
-        self._closed = False
+        self._queued = asyncio.Event()
         self._ids: range = range(0)
         self._id_pos = 0
         self._rotation = 0
@@ -178,7 +177,6 @@ class Master:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._closed = True  # nothing more reaches the database thread but the close
         if self.reader is not None:  # first: the writer's close then checkpoints the WAL
             self.reader.db.close()
         await self._db(self.meta.db.close)
@@ -224,6 +222,7 @@ class Master:
         self.reader = Meta(
             conn, self.cfg.default_goal, self.cfg.default_trash_time, dir_cache=True
         )
+        self._tasks.append(asyncio.create_task(self._committer(), name="committer"))
         await self._open_volumes()
         self._ids = await self._db(self.meta.reserve_chunk_ids)
         if self.background:
@@ -364,44 +363,37 @@ class Master:
         after the batch's pending chunk ``writes`` were written and synced (``batch.py``)."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((fn, fut, writes or []))
-        self._kick()
+        self._queued.set()
         return await fut
 
-    def _kick(self) -> None:
-        """Group commits. Hand what is queued to the database thread at once, unless it is at
-        the queue already: it runs one batch after another (each: every mutation queued when
-        it starts) without a trip back to the loop in between, and a batch's results reach
-        the loop in one call (``_deliver``). On a busy loop each trip costs a loop
-        iteration, which a put would otherwise wait for several times."""
-        if self._committing or not self._queue or self._closed:
-            return
-        self._committing = True
-        self._executor.submit(self._commit_queued, asyncio.get_running_loop())
-
-    def _committed(self) -> None:
-        """On the loop, after the database thread left the queue: what was queued since."""
-        self._committing = False
-        self._kick()
+    async def _committer(self) -> None:
+        """Group commits. The database thread runs one batch after another (each: every
+        mutation queued when it starts) without a trip back to the loop in between; a
+        batch's results reach the loop in one call (``_deliver``). On a busy loop each trip
+        costs a loop iteration, which a put would otherwise wait for several times."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            await self._db(self._commit_queued, loop)
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the database thread: commit what is queued, a batch at a time (at most
         ``CHAIN`` batches, so other database calls are not held back for long)."""
-        try:
-            for _ in range(CHAIN):
-                batch: Batch = []
-                while self._queue:  # deque.popleft and append are atomic: the loop appends
-                    batch.append(self._queue.popleft())
-                if not batch:
-                    return
-                outcome: Outcome | Exception
-                try:
-                    outcome = self._commit_batch(batch)
-                except Exception as exc:  # the commit failed: nothing in the batch happened
-                    outcome = exc
-                loop.call_soon_threadsafe(self._deliver, batch, outcome)
-        finally:
-            # Anything queued meanwhile (or left after CHAIN batches) gets its own turn.
-            loop.call_soon_threadsafe(self._committed)
+        for _ in range(CHAIN):
+            batch: Batch = []
+            while self._queue:  # deque.popleft and append are atomic: the loop appends
+                batch.append(self._queue.popleft())
+            if not batch:
+                return
+            outcome: Outcome | Exception
+            try:
+                outcome = self._commit_batch(batch)
+            except Exception as exc:  # the commit itself failed: nothing in the batch happened
+                outcome = exc
+            loop.call_soon_threadsafe(self._deliver, batch, outcome)
+        # Anything still queued was queued after the committer cleared ``_queued``: that
+        # ``_mutate`` set it again, so the committer comes back for it.
 
     def _commit_batch(self, batch: Batch) -> Outcome:
         failures = write_and_sync([w for _, _, ws in batch for w in ws])
