@@ -18,9 +18,10 @@ mon, one memstore OSD, radosgw), stopped by PID at the end. Workload: N files of
   metadata durably (SQLite WAL, fsynced, group commit); a get looks the file up and verifies
   the CRCs.
 
-Each repetition runs both on fresh prefixes, in alternating order; figures are medians over
-the repetitions (the ratios: medians of each repetition's ratio). Five in a full run: the
-engine shares the two cores, and a single repetition's ratio swings by ±0.15.
+Each repetition runs both on fresh prefixes, taking turns 200 files at a time (the order
+flips every turn), so that the engine's and the machine's drift over a repetition hits both
+alike; figures are medians over the repetitions (the ratios: medians of each repetition's
+ratio). Five in a full run: the engine shares the two cores with the client.
 
 **Remote origin** (``remote_origin_ratio``): a master process (``tandem cluster serve``) with
 one local volume and the S3 volume (goal 2: a local and an S3 copy of each file) holds the
@@ -70,6 +71,7 @@ from workload import KIB, SIZE_MEDIAN, SIZE_SIGMA  # noqa: E402
 TARGETS = {"put_ratio": 0.9, "get_ratio": 0.9, "remote_origin_ratio": 0.8}
 SIZE_MIN, SIZE_MAX = 4 * KIB, 200 * KIB
 CONCURRENCY = 16
+BLOCK = 200  # files per turn: the anchor and tandem take turns within a repetition
 
 
 def say(*a: Any) -> None:
@@ -94,7 +96,7 @@ def files(n: int, seed: int) -> list[tuple[str, bytes]]:
 
 
 async def timed(items: list[Any], fn: Callable[[Any], Awaitable[Any]]) -> float:
-    """Files per second of ``fn`` over ``items``, ``CONCURRENCY`` at a time."""
+    """Seconds ``fn`` takes over ``items``, ``CONCURRENCY`` at a time."""
     sem = asyncio.Semaphore(CONCURRENCY)
 
     async def one(item: Any) -> None:
@@ -103,32 +105,28 @@ async def timed(items: list[Any], fn: Callable[[Any], Awaitable[Any]]) -> float:
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in items))
-    return len(items) / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
 
 
-async def anchor(sc: Any, work: list[tuple[str, bytes]]) -> tuple[float, float]:
+async def one_rep(sc: Any, cfg: Any, work: list[tuple[str, bytes]]) -> dict[str, float]:
+    """Files/s of the anchor's and tandem's puts, then of their gets, taken ``BLOCK`` files
+    at a time in turn (the order flips every block): drift of the engine or of the machine
+    over the repetition hits both sides alike."""
+    from cluster.master import Master
     from cluster.s3store import S3Connection
 
     prefix = f"raw-{uuid.uuid4().hex[:8]}/"
-    async with S3Connection(sc) as conn:
+    async with S3Connection(sc) as conn, Master(cfg, background=False) as m:
         s3 = conn.client
 
-        async def put(item: tuple[str, bytes]) -> None:
+        async def raw_put(item: tuple[str, bytes]) -> None:
             await s3.put_object(Bucket=sc.bucket, Key=prefix + item[0][1:], Body=item[1])
 
-        async def get(item: tuple[str, bytes]) -> None:
+        async def raw_get(item: tuple[str, bytes]) -> None:
             r = await s3.get_object(Bucket=sc.bucket, Key=prefix + item[0][1:])
             async with r["Body"] as body:
                 data = await body.read()
             assert len(data) == len(item[1])
-
-        return await timed(work, put), await timed(work, get)
-
-
-async def tandem(cfg: Any, work: list[tuple[str, bytes]]) -> tuple[float, float]:
-    from cluster.master import Master
-
-    async with Master(cfg, background=False) as m:
 
         async def put(item: tuple[str, bytes]) -> None:
             await m.put(item[0], item[1])
@@ -137,10 +135,16 @@ async def tandem(cfg: Any, work: list[tuple[str, bytes]]) -> tuple[float, float]
             data = await m.cat(item[0])
             assert len(data) == len(item[1])
 
-        rates = await timed(work, put), await timed(work, get)
+        fns = {"raw_put": raw_put, "put": put, "raw_get": raw_get, "get": get}
+        spent = dict.fromkeys(fns, 0.0)
+        blocks = [work[i : i + BLOCK] for i in range(0, len(work), BLOCK)]
+        for pair in (("raw_put", "put"), ("raw_get", "get")):
+            for n, block in enumerate(blocks):
+                for name in pair if n % 2 == 0 else reversed(pair):
+                    spent[name] += await timed(block, fns[name])
         status = await m.status()
         assert status["files"] == len(work) and status["under_goal"] == 0, status
-        return rates
+    return {name: len(work) / t for name, t in spent.items()}
 
 
 def bucket(engine: Any) -> Any:
@@ -176,12 +180,8 @@ def throughput(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str,
             meta_dir=work_dir / f"meta{rep}", volumes=(), default_goal=1,
             s3_volumes=(dataclasses.replace(base, prefix=f"tandem-{rep}-{uuid.uuid4().hex[:6]}/"),),
         )
-        if rep % 2 == 0:  # the order alternates: drift hits both sides alike
-            raw_put, raw_get = asyncio.run(anchor(base, work))
-            put, get = asyncio.run(tandem(cfg, work))
-        else:
-            put, get = asyncio.run(tandem(cfg, work))
-            raw_put, raw_get = asyncio.run(anchor(base, work))
+        rates = asyncio.run(one_rep(base, cfg, work))
+        raw_put, raw_get, put, get = (rates[k] for k in ("raw_put", "raw_get", "put", "get"))
         for k, v in (("raw_put", raw_put), ("raw_get", raw_get), ("put", put), ("get", get)):
             rows[k].append(v)
         say(f"rep {rep + 1}: put {put:7.0f} files/s vs raw {raw_put:7.0f} "
