@@ -473,10 +473,15 @@ class DirectoryMirror:
     async def _compare(self, under: bytes) -> int:
         """Queue what differs below ``under`` between the source and the target."""
         now = time.monotonic()
-        # One side after the other: two scans in two threads hand the GIL back and forth at
-        # every stat (both sides of 50,000 files: 1.08 s at once, 0.66 s one after the other).
-        mine = await asyncio.to_thread(_scan, self.root, under)
-        theirs = await retrying(self._error, self.target.scan, under)
+        mine_scan = asyncio.to_thread(_scan, self.root, under)
+        theirs_scan = retrying(self._error, self.target.scan, under)
+        if under:  # a new folder, small, with files waiting on it: both sides at once
+            mine, theirs = await asyncio.gather(mine_scan, theirs_scan)
+        else:  # the whole tree: one side after the other, as two scans in two threads hand
+            # the GIL back and forth at every stat (both sides of 50,000 files: 1.08 s at
+            # once, 0.66 s one after the other)
+            mine = await mine_scan
+            theirs = await theirs_scan
         queued = 0
         for rel, item in mine.items():
             there = theirs.get(rel)
