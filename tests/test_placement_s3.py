@@ -20,6 +20,7 @@ from cluster.config import S3Config
 from cluster.master import Master
 from cluster.s3store import S3Store
 from cluster.store import ChunkKey
+from cluster.volume import LocalVolume
 
 pytestmark = pytest.mark.ceph
 
@@ -67,6 +68,22 @@ async def test_goal_two_is_one_local_copy_and_one_s3_copy(mixed: Master) -> None
     for p in bodies:
         assert await kinds(m, p) == [["local", "local", "s3"]] * 3
     assert (await m.status())["under_goal"] == 0
+
+
+async def test_local_copies_of_a_mixed_put_carry_the_files_mtime(mixed: Master) -> None:
+    """The local copy of every chunk gets the file's mtime (nginx's validators come from it);
+    the S3 copies keep none, and stamping skips them."""
+    m = mixed
+    mtime = 1_700_000_000_123_456_789
+    e = await m.put("/m/a.jpg", data(CHUNK * 2 + 5, seed=3), mtime_ns=mtime)
+    assert e.mtime_ns == mtime
+    _, infos = await m.fileinfo("/m/a.jpg")
+    assert len(infos) == 3
+    for info in infos:
+        (local,) = [cp for cp in info.copies if cp.kind == "local"]
+        store = m.volumes[local.volume].store
+        assert isinstance(store, LocalVolume)
+        assert store.mtime_ns(ChunkKey(info.chunk.id, info.chunk.version)) == mtime
 
 
 async def test_all_copies_on_s3_counting_as_the_engines_own(
