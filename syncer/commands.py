@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from tqdm import tqdm
 
-from cluster.cli import master_url
-from cluster.remote import RemoteCluster
-from syncer import daemon
-from syncer.cluster_mirror import ClusterMirror
-from syncer.cluster_target import ClusterTarget
 from syncer.dir_mirror import DirectoryMirror
 from syncer.state import DIRECTIONS, read_primary, read_status
 from syncer.target import DeletePolicy, DirectoryTarget, DirectoryTargetAsync
 from syncer.tree import Target
-from syncer.verify import verify, verify_dirs
+
+# The site's commands (the master over HTTP, the daemon, the cluster mirror) import their
+# modules when they run: a directory pair's ``full`` or ``run`` starts ~0.1 s sooner.
 
 if TYPE_CHECKING:  # the composed config; the syncer needs only its own and these sections
     from origin.config import Config
@@ -52,6 +49,8 @@ def run_command(args: argparse.Namespace, cfg: Config) -> int:
     if args.source is None:
         if args.action == "full":
             return asyncio.run(_site_full(args, cfg, state_dir))
+        from syncer import daemon
+
         return asyncio.run(daemon.run(cfg))
     for folder in (args.source, args.target):
         if not folder.is_dir():
@@ -94,6 +93,11 @@ async def _full(args: argparse.Namespace, target: Target, state_dir: Path) -> in
 
 async def _site_full(args: argparse.Namespace, cfg: Config, state_dir: Path) -> int:
     """One full pass in the site's current direction (``sync.state_dir``'s primary)."""
+    from cluster.cli import master_url
+    from cluster.remote import RemoteCluster
+    from syncer.cluster_mirror import ClusterMirror
+    from syncer.cluster_target import ClusterTarget
+
     primary = read_primary(state_dir)
     async with RemoteCluster(master_url(cfg.cluster)) as master:
         if primary == "legacy":
@@ -137,6 +141,10 @@ def _report(c: dict[str, int], what: str) -> None:
 
 
 async def _verify(args: argparse.Namespace, cfg: Config) -> int:
+    from cluster.cli import master_url
+    from cluster.remote import RemoteCluster
+    from syncer.verify import verify, verify_dirs
+
     if args.source is not None:
         diffs = await verify_dirs(args.source, args.target)
         sides = f"{args.source} and {args.target}"
