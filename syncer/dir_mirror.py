@@ -473,15 +473,19 @@ class DirectoryMirror:
     async def _compare(self, under: bytes) -> int:
         """Queue what differs below ``under`` between the source and the target."""
         now = time.monotonic()
-        mine_scan = asyncio.to_thread(_scan, self.root, under)
-        theirs_scan = retrying(self._error, self.target.scan, under)
+        def mine_scan() -> Awaitable[dict[bytes, Item]]:
+            return asyncio.to_thread(_scan, self.root, under)
+
+        def theirs_scan() -> Awaitable[dict[bytes, Item]]:
+            return retrying(self._error, self.target.scan, under)
+
         if under:  # a new folder, small, with files waiting on it: both sides at once
-            mine, theirs = await asyncio.gather(mine_scan, theirs_scan)
+            mine, theirs = await asyncio.gather(mine_scan(), theirs_scan())
         else:  # the whole tree: one side after the other, as two scans in two threads hand
             # the GIL back and forth at every stat (both sides of 50,000 files: 1.08 s at
             # once, 0.66 s one after the other)
-            mine = await mine_scan
-            theirs = await theirs_scan
+            mine = await mine_scan()
+            theirs = await theirs_scan()
         queued = 0
         for rel, item in mine.items():
             there = theirs.get(rel)
