@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ async def test_kill9_radosgw_mid_stream(tmp_path: Path, s3_base: S3Config, ceph_
     failed: list[str] = []
     sem = asyncio.Semaphore(CONCURRENCY)
     enough = asyncio.Event()
+    a_put_failed = asyncio.Event()
 
     async def one(c: RemoteCluster, i: int) -> None:
         path = f"/rgw/{i // 100:02d}/f{i:04d}.bin"
@@ -60,6 +62,7 @@ async def test_kill9_radosgw_mid_stream(tmp_path: Path, s3_base: S3Config, ceph_
                     break
                 except ClusterError:  # the engine is gone: a clean failure, tried again
                     failed.append(path)
+                    a_put_failed.set()
                     await asyncio.sleep(0.05)
             else:
                 raise AssertionError(f"{path} never acknowledged")
@@ -75,8 +78,16 @@ async def test_kill9_radosgw_mid_stream(tmp_path: Path, s3_base: S3Config, ceph_
                 ceph_rgw.kill_rgw()
                 try:
                     acked_at_kill = dict(acked)
-                    await asyncio.sleep(1.5)  # puts keep coming and failing
-                    assert failed, "no put failed while radosgw was dead"
+                    killed = time.monotonic()
+                    # Puts keep coming and failing. The first failure waits for the puts in
+                    # flight to give up (a retry, backoff): a loaded host can take seconds.
+                    try:
+                        await asyncio.wait_for(a_put_failed.wait(), 20)
+                    except TimeoutError:
+                        raise AssertionError(
+                            "no put failed within 20 s of radosgw's death"
+                        ) from None
+                    first_failure = time.monotonic() - killed
                     # A file whose bytes are out of reach fails cleanly: an error (503 over
                     # HTTP), never short or partial bytes.
                     some = next(iter(acked_at_kill))
@@ -97,8 +108,8 @@ async def test_kill9_radosgw_mid_stream(tmp_path: Path, s3_base: S3Config, ceph_
                 body = await c.cat(e.path)
                 assert len(body) == e.size and hashlib.sha256(body).hexdigest() == acked[
                     e.path.decode()]
-        print(f"acknowledged before the kill: {len(acked_at_kill)}, failed puts (retried): "
-              f"{len(failed)}")
+        print(f"acknowledged before the kill: {len(acked_at_kill)}, first put failed after "
+              f"{first_failure:.2f} s, failed puts (retried): {len(failed)}")
     finally:
         assert master.stop() == 0
     # A restarted master sweeps objects left by puts the outage interrupted.
