@@ -220,7 +220,7 @@ def write_config(work: Path, args: argparse.Namespace) -> Path:
         "[nginx]",
         f'run_dir = "{work}/nginx"',
         f'user = "{"root" if os.geteuid() == 0 else ""}"',
-        *([f"worker_processes = {args.nginx_workers}"] if args.nginx_workers else []),
+        *([f"worker_processes = {args.nginx_workers}"] if args.nginx_workers is not None else []),
     ]
     path = work / "tandem.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -98,7 +98,7 @@ def load_nginx(t: Table, data_dir: Path) -> NginxConfig:
         binary=t.string("binary", "nginx"),
         run_dir=run_dir,
         user=user,
-        worker_processes=t.integer("worker_processes", 1, 0, 256),
+        worker_processes=t.integer("worker_processes", 0, 0, 256),
         fast_path=t.boolean("fast_path", True),
         origins=_servers(t, "origins"),
         backup=t.boolean("backup", True),
