@@ -145,13 +145,12 @@ class Meta:
         self.db = conn
         self.default_goal = default_goal
         self.default_trash_time = default_trash_time
-        # Read-only connections may cache directory lookups: ``PRAGMA data_version`` changes
-        # whenever *another* connection commits, which is exactly when the cache may be stale.
-        # (The writer's own commits do not change it, so the writer never caches.)
+        # Read-only connections may cache directory lookups until the counter 'dirs' moves
+        # (a trigger moves it whenever a directory goes or is moved or re-goaled: schema.py).
         self._dirs: dict[tuple[bytes, ...], tuple[Any, int, int]] | None = (
             {} if dir_cache else None
         )
-        self._version = -1
+        self._version: Any = None
         # The writer caches the directories ``_mkdirs`` resolved or made: (id, effective goal,
         # effective trash time) by path. Only its own transactions change the namespace, so
         # it forgets them whenever one may remove, move or re-goal a directory, and whenever
@@ -252,7 +251,9 @@ class Meta:
 
     def _walk_cached(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
         assert self._dirs is not None
-        (version,) = self.db.execute("PRAGMA data_version").fetchone()
+        version = self.db.execute("SELECT value FROM counter WHERE name = 'dirs'").fetchone()
+        if version is None:  # metadata from before the counter: any commit may be the one
+            version = ("commit", *self.db.execute("PRAGMA data_version").fetchone())
         if version != self._version or len(self._dirs) > 65536:
             self._dirs.clear()
             self._version = version

@@ -73,6 +73,17 @@ CREATE TABLE IF NOT EXISTS counter (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- The counter 'dirs' moves whenever a directory goes or changes what a cached path lookup
+-- holds of it (its place, id, kind, goal or trash time), whichever code path does it:
+-- readers keep their directory caches until it moves (``Meta._walk_cached``), not merely
+-- until the next commit (every put is one). Directories made do not move it.
+CREATE TRIGGER IF NOT EXISTS dir_changed
+AFTER UPDATE OF parent, name, id, kind, goal, trash_time ON inode WHEN OLD.kind = 1
+BEGIN UPDATE counter SET value = value + 1 WHERE name = 'dirs'; END;
+
+CREATE TRIGGER IF NOT EXISTS dir_removed AFTER DELETE ON inode WHEN OLD.kind = 1
+BEGIN UPDATE counter SET value = value + 1 WHERE name = 'dirs'; END;
 """
 
 
@@ -100,7 +111,8 @@ def init(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
-            "INSERT OR IGNORE INTO counter VALUES ('schema', ?), ('inode', 2), ('chunk', 1)",
+            "INSERT OR IGNORE INTO counter VALUES ('schema', ?), ('inode', 2), ('chunk', 1), "
+            "('dirs', 0)",
             (SCHEMA_VERSION,),
         )
         conn.execute(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cluster import background
+from cluster import background, paths
 from cluster.changelog import ChangeFeed
 from cluster.config import ClusterConfig, VolumeConfig
 from cluster.errors import (
@@ -51,11 +51,11 @@ def data(size: int, seed: int = 0) -> bytes:
 
 
 def cluster_cfg(tmp_path: Path, volumes: int | list[Path] = 3, **kw: Any) -> ClusterConfig:
-    paths = [tmp_path / f"vol{i}" for i in range(volumes)] if isinstance(volumes, int) else volumes
+    dirs = [tmp_path / f"vol{i}" for i in range(volumes)] if isinstance(volumes, int) else volumes
     return dataclasses.replace(
         load(None).cluster,
         meta_dir=tmp_path / "meta",
-        volumes=tuple(VolumeConfig(p) for p in paths),
+        volumes=tuple(VolumeConfig(p) for p in dirs),
         **{"chunk_size": CHUNK, **kw},
     )
 
@@ -464,6 +464,39 @@ async def test_writer_directory_cache_is_never_stale(m: Master) -> None:
     assert await m.cat("/r/s/f") == b"5"
     assert [e.path for e in await m.walk("/r")] == [b"/r", b"/r/s", b"/r/s/f"]
     assert await check_refs(m) == []
+
+
+async def test_reader_directory_cache_outlives_puts_not_directory_changes(m: Master) -> None:
+    """A reader (the master's own, and an origin's) keeps the directories it resolved while
+    files come and go, and forgets them as soon as any directory is removed, moved or
+    re-goaled (the ``dirs`` counter's triggers, whatever code path does it)."""
+    r = m.reader
+    assert r is not None
+
+    def stat(path: str) -> Any:
+        return r.stat(paths.parse(path))
+
+    await m.put("/a/b/f1", b"1")
+    assert stat("/a/b/f1").size == 1
+    await m.put("/a/b/f2", b"22")  # a commit that touches no directory
+    assert stat("/a/b/f2").size == 2
+    assert (b"a", b"b") in (r._dirs or {}), "a put must not empty the readers' caches"
+
+    await m.mv("/a/b", "/x")
+    with pytest.raises(NotFound):
+        stat("/a/b/f1")
+    assert stat("/x/f1").size == 1
+    await m.setgoal("/x", 3)
+    assert stat("/x/f1").effective_goal == 3
+    await m.settrashtime("/x", 7)
+    assert stat("/x/f2").effective_trash_time == 7
+    await m.rm("/x", recursive=True)
+    with pytest.raises(NotFound):
+        stat("/x/f1")
+    await m.put("/x/f3", b"333")  # the same name again: a new directory, a new id
+    assert stat("/x/f3").size == 3
+    await m.mv("/x", "/a/b")  # a directory moved onto a path a cached lookup once held
+    assert stat("/a/b/f3").size == 3
 
 
 # -- bad input -------------------------------------------------------------------------------------
