@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.config import ClusterConfig
+
+if TYPE_CHECKING:
+    from cluster.remote import RemoteCluster
 
 
 def add_parser(sub: Any) -> None:
@@ -111,6 +114,13 @@ def master_url(cfg: ClusterConfig) -> str:
             if line.startswith("url "):
                 return line[4:].strip()
     return cfg.url
+
+
+def master_client(cfg: ClusterConfig, **kw: Any) -> RemoteCluster:
+    """A client of this host's master (``master_url``), with this host's ``cluster.token``."""
+    from cluster.remote import RemoteCluster
+
+    return RemoteCluster(master_url(cfg), token=cfg.token, **kw)
 
 
 async def run(args: argparse.Namespace, cfg: ClusterConfig) -> int:

@@ -18,12 +18,11 @@ import structlog
 from tqdm import tqdm
 
 from cluster import paths, wire
-from cluster.cli import master_url
+from cluster.cli import master_client
 from cluster.config import ClusterConfig
 from cluster.errors import InvalidArgument, MasterBusy, NotFound
 from cluster.master import Master
 from cluster.meta import Entry
-from cluster.remote import RemoteCluster
 
 log = structlog.get_logger("cluster")
 
@@ -38,7 +37,7 @@ async def connect(cfg: ClusterConfig) -> AsyncIterator[Any]:
     try:
         client: Any = await stack.enter_async_context(Master(cfg, background=False))
     except MasterBusy:
-        client = await stack.enter_async_context(RemoteCluster(master_url(cfg)))
+        client = await stack.enter_async_context(master_client(cfg))
     async with stack:
         yield client
 

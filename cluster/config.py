@@ -7,6 +7,7 @@ silently ignored. Other packages' sections use the same helper.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -188,6 +189,10 @@ class ClusterConfig:
     view: bool  # keep each volume's hard-link view (the nginx fast path) up to date
     # ``[[cluster.volumes]]`` with ``kind = "s3"`` (``cluster/s3store.py``).
     s3_volumes: tuple[S3Config, ...] = ()
+    # Bearer tokens of the master's HTTP API ("" = none): ``token`` may do anything,
+    # ``read_token`` only GETs (what a second-host origin needs). ``cluster/http_api.py``.
+    token: str = ""
+    read_token: str = ""
 
     @property
     def url(self) -> str:
@@ -221,8 +226,10 @@ def load_cluster(t: Table, data_dir: Path) -> ClusterConfig:
     chunk_size = t.integer("chunk_size", 64 * MIB, BLOCK, 64 * MIB)
     if chunk_size % BLOCK:
         raise ConfigError(f"{t.key('chunk_size')}: must be a multiple of {BLOCK} (64 KiB)")
+    listen = t.listen("listen", "127.0.0.1:9420")
+    token, read_token = _tokens(t, listen[0])
     cfg = ClusterConfig(
-        listen=t.listen("listen", "127.0.0.1:9420"),
+        listen=listen,
         meta_dir=t.path("meta_dir", data_dir / "master"),
         volumes=volumes,
         chunk_size=chunk_size,
@@ -235,6 +242,39 @@ def load_cluster(t: Table, data_dir: Path) -> ClusterConfig:
         work_interval=t.number("work_interval", 5.0, 0.05, 3600.0),
         view=t.boolean("view", True),
         s3_volumes=tuple(s3_volumes),
+        token=token,
+        read_token=read_token,
     )
     t.done()
     return cfg
+
+
+TOKEN_MIN = 16
+
+
+def _tokens(t: Table, host: str) -> tuple[str, str]:
+    """``token`` and ``read_token``: each empty or at least ``TOKEN_MIN`` characters, distinct;
+    a master that listens beyond loopback must have a token (its API can delete anything)."""
+    token, read = t.string("token", ""), t.string("read_token", "")
+    for name, value in (("token", token), ("read_token", read)):
+        if value and (len(value) < TOKEN_MIN or any(c.isspace() for c in value)):
+            raise ConfigError(f"{t.key(name)}: at least {TOKEN_MIN} characters, no spaces")
+    if read and not token:
+        raise ConfigError(f"{t.key('read_token')}: needs {t.key('token')} as well")
+    if read and read == token:
+        raise ConfigError(f"{t.key('read_token')}: must differ from {t.key('token')}")
+    if not token and not _loopback(host):
+        raise ConfigError(
+            f"{t.key('token')}: {t.key('listen')} {host!r} is reachable from other hosts, "
+            "and the master's HTTP API can change and delete anything: set a token"
+        )
+    return token, read
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False

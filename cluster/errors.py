@@ -18,6 +18,8 @@
     ├── NotEnoughCopies               no healthy copy could be written or read
     ├── ChangelogTrimmed              a cursor fell behind retention: the consumer must rescan
     ├── MasterBusy                    another process holds the master lock
+    ├── Unauthorized                  the master's HTTP API wants a (valid) bearer token
+    ├── Forbidden                     the read-only token (``cluster.read_token``) on a change
     └── RemoteError                   the master's HTTP API could not be reached (retryable)
 
 ``OSError`` is mapped into this tree once, at the store boundary (``volume.map_os_error``).
@@ -113,6 +115,14 @@ class MasterBusy(ClusterError):
     pass
 
 
+class Unauthorized(ClusterError):
+    status = 401
+
+
+class Forbidden(ClusterError):
+    status = 403
+
+
 class RemoteError(ClusterError):
     retryable = True
     status = 502
@@ -125,6 +135,6 @@ BY_NAME: dict[str, type[ClusterError]] = {
         ClusterError, UserError, InvalidPath, NotFound, AlreadyExists, NotADirectory,
         IsADirectory, DirectoryNotEmpty, InvalidArgument, StoreError, ChunkMissing,
         ChunkCorrupt, VolumeFull, VolumeReadOnly, VolumeUnavailable, NotEnoughCopies,
-        MasterBusy, RemoteError,
+        MasterBusy, Unauthorized, Forbidden, RemoteError,
     )
 }

@@ -14,12 +14,20 @@ the error class names, and ``RemoteCluster`` re-raises the same class.
     GET  /v1/status | /v1/trash?after=&limit= | /v1/changes?after=&limit=&wait=
     POST /v1/mkdir|rm|mv|snapshot|setgoal|settrashtime|undelete|purge|fsck   JSON body
     POST /v1/migrate-store {"from", "to", "move", "dry_run"}   NDJSON progress, then result
+
+**Access.** With ``cluster.token`` set, every request but ``/healthz`` needs
+``Authorization: Bearer <token>``: ``cluster.token`` may do anything, ``cluster.read_token``
+(if set) only GET/HEAD — lookups, bytes, the change feed: what a second-host origin needs.
+Missing or wrong → 401 ``Unauthorized``; the read token on a change → 403 ``Forbidden``;
+compared in constant time. Without a token the master must listen on loopback
+(``cluster/config.py`` refuses anything else).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +38,15 @@ from sanic import Request, Sanic
 from sanic.response import BaseHTTPResponse, HTTPResponse, JSONResponse, json
 
 from cluster import paths, wire
-from cluster.errors import ChunkMissing, ClusterError, InvalidArgument, UserError
+from cluster.config import ClusterConfig
+from cluster.errors import (
+    ChunkMissing,
+    ClusterError,
+    Forbidden,
+    InvalidArgument,
+    Unauthorized,
+    UserError,
+)
 from cluster.master import Master
 from cluster.ranges import parse_range
 
@@ -65,6 +81,28 @@ def _body(request: Request) -> dict[str, Any]:
     return data
 
 
+READS = frozenset({"GET", "HEAD"})
+
+
+def authorize(cfg: ClusterConfig, request: Request) -> None:
+    """Let the request through, or raise ``Unauthorized`` / ``Forbidden`` (see Access)."""
+    if not cfg.token or request.path == "/healthz":
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("the master's API needs 'Authorization: Bearer <token>' "
+                           "(cluster.token; cluster.read_token for reads)")
+    key = given.strip().encode()
+    if hmac.compare_digest(key, cfg.token.encode()):
+        return
+    if cfg.read_token and hmac.compare_digest(key, cfg.read_token.encode()):
+        if request.method in READS:
+            return
+        raise Forbidden(f"the read-only token (cluster.read_token) cannot {request.method} "
+                        f"{request.path}: that needs cluster.token")
+    raise Unauthorized("wrong token for the master's API")
+
+
 def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
     app: Sanic[Any, Any] = Sanic(name, configure_logging=False)
     app.config.REQUEST_MAX_SIZE = 1 << 40
@@ -80,6 +118,7 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
     @app.on_request
     async def started(request: Request) -> None:
         request.ctx.t0 = time.perf_counter()
+        authorize(m.cfg, request)
 
     @app.on_response  # type: ignore[untyped-decorator]
     async def access_log(request: Request, response: BaseHTTPResponse) -> None:
@@ -95,7 +134,9 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
 
     @app.exception(ClusterError)
     async def cluster_error(request: Request, exc: ClusterError) -> JSONResponse:
-        return json({"error": type(exc).__name__, "message": str(exc)}, status=exc.status)
+        headers = {"WWW-Authenticate": 'Bearer realm="tandem"'} if exc.status == 401 else None
+        return json({"error": type(exc).__name__, "message": str(exc)}, status=exc.status,
+                    headers=headers)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:

@@ -24,9 +24,12 @@ UPLOAD_PIECE = 1 << 20
 
 
 class RemoteCluster:
-    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, *, token: str = "", timeout: float = 60.0) -> None:
+        """``token``: the bearer token the master wants (``cluster.token`` or, for reads
+        only, ``cluster.read_token``); "" sends none."""
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=headers)
 
     async def __aenter__(self) -> RemoteCluster:
         return self

@@ -95,6 +95,8 @@ def render(cfg: Config) -> str:
         f"health_interval = {c.health_interval}",
         f"work_interval = {c.work_interval}",
         f"view = {'true' if c.view else 'false'}",
+        f"token = {_q('<set>' if c.token else '')}",
+        f"read_token = {_q('<set>' if c.read_token else '')}",
     ]
     for v in c.volumes:
         lines += ["", "[[cluster.volumes]]", f'path = "{v.path}"']
@@ -116,6 +118,7 @@ def render(cfg: Config) -> str:
         f"max_sync_lag = {o.max_sync_lag}",
         f'fence_file = "{o.fence_file}"',
         f"master = {_q(o.master)}",
+        f"master_token = {_q('<set>' if o.master_token else '')}",
         f'cache_dir = "{o.cache_dir}"',
         f"cache_bytes = {o.cache_bytes}",
     ]

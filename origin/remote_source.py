@@ -83,7 +83,7 @@ class RemoteSource:
 
     def __init__(self, cfg: Config) -> None:
         o = cfg.origin
-        self.master = RemoteCluster(o.master, timeout=TIMEOUT)
+        self.master = RemoteCluster(o.master, token=o.master_token, timeout=TIMEOUT)
         self.cache = ChunkCache(o.cache_dir, o.cache_bytes) if o.cache_bytes else None
         self.s3_configs = cfg.cluster.s3_volumes
         self.by_name: dict[str, S3Store] = {}  # this host's S3 volumes by name

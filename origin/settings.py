@@ -42,6 +42,7 @@ class OriginConfig:
     # A second-host origin (``origin/remote_source.py``): the master's HTTP API ("" = read the
     # master's SQLite file and the volumes on this host), and the hot-chunk cache.
     master: str = ""
+    master_token: str = ""  # sent to ``master``: its cluster.read_token (cluster.token for writes)
     cache_dir: Path = Path("var/origin-cache")
     cache_bytes: int = 1 << 30  # 0 = no cache
 
@@ -122,6 +123,7 @@ def load_origin(t: Table, data_dir: Path) -> OriginConfig:
         max_sync_lag=t.number("max_sync_lag", 30.0, 0.0, 86_400.0),
         fence_file=t.path("fence_file", data_dir / "fence"),
         master=_master_url(t, t.string("master", "")),
+        master_token=t.string("master_token", ""),
         cache_dir=t.path("cache_dir", data_dir / "origin-cache"),
         cache_bytes=t.integer("cache_bytes", 1 << 30, 0, 1 << 50),
     )

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import structlog
 
-from cluster.cli import master_url
+from cluster.cli import master_client
 from cluster.errors import ClusterError, NotFound
 from cluster.remote import RemoteCluster
 from nginx import runner as nginx_runner
@@ -168,7 +168,7 @@ class _Stack:
     async def _demo(self) -> None:
         first = next(demo.files())[0]
         try:
-            async with RemoteCluster(master_url(self.cfg.cluster)) as rc:
+            async with master_client(self.cfg.cluster) as rc:
                 if self.load_demo is False:
                     self.demo_present = await _exists(rc, first)
                     return

@@ -23,7 +23,7 @@ import structlog
 from sanic import Request
 from sanic.response import HTTPResponse, json
 
-from cluster.cli import master_url
+from cluster.cli import master_client
 from cluster.errors import ClusterError, NotFound, RemoteError, UserError
 from cluster.paths import join
 from cluster.remote import RemoteCluster
@@ -75,9 +75,11 @@ class Writer:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _discard(request)
             return _too_large(limit)
-        url = self.cfg.origin.master or master_url(self.cfg.cluster)  # a remote host's master
+        o = self.cfg.origin
+        client = (RemoteCluster(o.master, token=o.master_token) if o.master  # a remote host's
+                  else master_client(self.cfg.cluster))
         try:
-            async with RemoteCluster(url) as master:
+            async with client as master:
                 if request.method == "DELETE":
                     await master.rm(path)
                     log.info("origin.deleted", path=request.path)

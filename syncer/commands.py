@@ -93,13 +93,12 @@ async def _full(args: argparse.Namespace, target: Target, state_dir: Path) -> in
 
 async def _site_full(args: argparse.Namespace, cfg: Config, state_dir: Path) -> int:
     """One full pass in the site's current direction (``sync.state_dir``'s primary)."""
-    from cluster.cli import master_url
-    from cluster.remote import RemoteCluster
+    from cluster.cli import master_client
     from syncer.cluster_mirror import ClusterMirror
     from syncer.cluster_target import ClusterTarget
 
     primary = read_primary(state_dir)
-    async with RemoteCluster(master_url(cfg.cluster)) as master:
+    async with master_client(cfg.cluster) as master:
         if primary == "legacy":
             mirror = DirectoryMirror(cfg.legacy.dir, ClusterTarget(master), state_dir,
                                      direction=DIRECTIONS[primary],
@@ -141,15 +140,14 @@ def _report(c: dict[str, int], what: str) -> None:
 
 
 async def _verify(args: argparse.Namespace, cfg: Config) -> int:
-    from cluster.cli import master_url
-    from cluster.remote import RemoteCluster
+    from cluster.cli import master_client
     from syncer.verify import verify, verify_dirs
 
     if args.source is not None:
         diffs = await verify_dirs(args.source, args.target)
         sides = f"{args.source} and {args.target}"
     else:
-        async with RemoteCluster(master_url(cfg.cluster)) as master:
+        async with master_client(cfg.cluster) as master:
             diffs = await verify(master, cfg.legacy.dir)
         sides = f"the cluster and {cfg.legacy.dir}"
     for d in diffs:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import structlog
 
-from cluster.cli import master_url
+from cluster.cli import master_client
 from cluster.remote import RemoteCluster
 from syncer import state
 from syncer.cluster_mirror import ClusterMirror
@@ -61,7 +61,7 @@ async def run(cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with state.SyncerLock(state_dir) as lock:
-        async with RemoteCluster(master_url(cfg.cluster)) as master:
+        async with master_client(cfg.cluster) as master:
             primary = state.read_primary(state_dir)
             while not stop.is_set():
                 task = asyncio.create_task(mirror_for(cfg, master, primary).run())

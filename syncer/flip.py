@@ -55,9 +55,8 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from cluster.changelog import ChangeFeed
-from cluster.cli import master_url
+from cluster.cli import master_client
 from cluster.errors import ClusterError
-from cluster.remote import RemoteCluster
 from syncer import fence, state
 from syncer.errors import FlipError, StateError, SyncError
 from syncer.state import DIRECTIONS, PRIMARIES, Primary, other
@@ -272,7 +271,7 @@ class Flip:
     async def _verify(self, j: Journal) -> None:
         deadline = time.monotonic() + self.timeout
         for _ in range(ROUNDS):
-            async with RemoteCluster(master_url(self.cfg.cluster)) as master:
+            async with master_client(self.cfg.cluster) as master:
                 diffs = await verify(master, self.cfg.legacy.dir)
             if diffs:
                 lines = [f"  {d}" for d in diffs[:SHOW_DIFFERENCES]]

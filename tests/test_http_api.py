@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -13,17 +14,36 @@ import httpx
 import pytest
 
 from cluster import errors
+from cluster.config import ClusterConfig
 from cluster.http_api import create_app
 from cluster.http_server import bind, serve
 from cluster.master import Master
 from cluster.remote import RemoteCluster
 from origin.config import load
 
+TOKEN = "full-token-0123456789"
+READ_TOKEN = "read-token-0123456789"
+
 
 @pytest.fixture
 async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Master, str]]:
     monkeypatch.chdir(tmp_path)
-    cfg = dataclasses.replace(load(None).cluster, chunk_size=65536)
+    async with serving(dataclasses.replace(load(None).cluster, chunk_size=65536)) as served:
+        yield served
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Master, str]]:
+    """A master whose API wants ``TOKEN`` (anything) or ``READ_TOKEN`` (reads)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = dataclasses.replace(load(None).cluster, token=TOKEN, read_token=READ_TOKEN)
+    async with serving(cfg) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serving(cfg: ClusterConfig) -> AsyncIterator[tuple[Master, str]]:
     stop = asyncio.Event()
     urls: list[str] = []
     listening = asyncio.Event()
@@ -141,3 +161,37 @@ async def test_streamed_put_larger_than_memory_pieces(api: tuple[Master, str]) -
         assert e.size == 700_100 and e.hash == digest.digest()
         _, infos = await c.fileinfo("/stream.bin")
         assert [i.chunk.size for i in infos] == [65536] * 10 + [44_740]
+
+
+async def test_a_token_guards_every_change_and_the_read_token_only_reads(
+    guarded: tuple[Master, str],
+) -> None:
+    """With ``cluster.token`` set: no token or a wrong one → 401 and nothing done; the read
+    token reads (lookups, bytes, the change feed) but any change → 403 and nothing done;
+    ``/healthz`` stays open for probes."""
+    m, url = guarded
+    async with RemoteCluster(url, token=TOKEN) as full:
+        await full.put("/images/a.jpg", b"bytes")
+    async with httpx.AsyncClient(base_url=url) as h:
+        assert (await h.get("/healthz")).status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
+                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"}):
+            r = await h.get("/v1/stat?path=/images/a.jpg", headers=headers)
+            assert r.status_code == 401 and r.json()["error"] == "Unauthorized", r.text
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            r = await h.post("/v1/rm", json={"path": "/images", "recursive": True},
+                             headers=headers)
+            assert r.status_code == 401
+    async with RemoteCluster(url) as anonymous:
+        with pytest.raises(errors.Unauthorized, match="Bearer"):
+            await anonymous.rm("/images", recursive=True)
+    async with RemoteCluster(url, token=READ_TOKEN) as reader:
+        assert await reader.cat("/images/a.jpg") == b"bytes"
+        assert (await reader.stat("/images/a.jpg")).size == 5
+        assert [c.op for c in await reader.changes(0)] == ["mkdir", "put"]
+        for change in (reader.rm("/images", recursive=True), reader.put("/images/b", b"x"),
+                       reader.purge(None, expired=False), reader.setgoal("/images", 1)):
+            with pytest.raises(errors.Forbidden, match="read_token"):
+                await change
+    assert await m.cat("/images/a.jpg") == b"bytes"  # every refused change changed nothing
+    assert [e.path for e in await m.walk("/images")] == [b"/images", b"/images/a.jpg"]

@@ -208,6 +208,27 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
         ("[legacy]\nlisten = 'nope'\n", r"^legacy\.listen: expected HOST:PORT"),
         ("[cluster]\nview = 'yes'\n", r"^cluster\.view: expected true or false"),
         ("[sync]\ndeletes = 'rm'\n", r"^sync\.deletes: expected one of delete, trash, keep"),
+        (
+            "[cluster]\nlisten = '0.0.0.0:9420'\n",
+            r"^cluster\.token: cluster\.listen '0\.0\.0\.0' is reachable from other hosts",
+        ),
+        (
+            "[cluster]\nlisten = 'master.lan:9420'\n",
+            r"^cluster\.token: cluster\.listen 'master\.lan' is reachable",
+        ),
+        ("[cluster]\ntoken = 'short'\n", r"^cluster\.token: at least 16 characters, no spaces$"),
+        (
+            "[cluster]\ntoken = 'sixteen chars and a space'\n",
+            r"^cluster\.token: at least 16 characters",
+        ),
+        (
+            "[cluster]\nread_token = '0123456789abcdef'\n",
+            r"^cluster\.read_token: needs cluster\.token as well$",
+        ),
+        (
+            "[cluster]\ntoken = '0123456789abcdef'\nread_token = '0123456789abcdef'\n",
+            r"^cluster\.read_token: must differ from cluster\.token$",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -255,6 +276,25 @@ path = "/abs/two"
     assert c.default_goal == 3
     assert c.replication_delay == 0.0
     assert c.health_interval == 0.1
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9420", "127.0.0.2:1", "[::1]:9420",
+                                    "localhost:9420"])
+def test_a_master_on_loopback_needs_no_token(tmp_path: Path, listen: str) -> None:
+    assert load(write(tmp_path, f"[cluster]\nlisten = '{listen}'\n")).cluster.token == ""
+
+
+def test_master_tokens_load_and_are_never_shown(tmp_path: Path) -> None:
+    text = ("[cluster]\nlisten = '0.0.0.0:9420'\ntoken = 'full-0123456789abcdef'\n"
+            "read_token = 'read-0123456789abcdef'\n[origin]\nmaster = 'http://m:9420'\n"
+            "master_token = 'read-0123456789abcdef'\n")
+    cfg = load(write(tmp_path, text))
+    assert (cfg.cluster.token, cfg.cluster.read_token) == ("full-0123456789abcdef",
+                                                           "read-0123456789abcdef")
+    assert cfg.origin.master_token == "read-0123456789abcdef"
+    shown = render(cfg)
+    assert "0123456789abcdef" not in shown
+    assert 'token = "<set>"' in shown and 'master_token = "<set>"' in shown
 
 
 def test_defaults_follow_data_dir(tmp_path: Path) -> None:

@@ -78,8 +78,14 @@ class Pair:
                    if r.get("event") == "http.request" and r.get("path") == path)
 
 
+# Every master here wants tokens (cluster.token / read_token); the second host's origin holds
+# the read token only: everything it does must be a read.
+TOKEN = "master-token-0123456789"
+READ_TOKEN = "origin-read-token-0123456789"
+
+
 async def _call(url: str, op: str, *args: Any, **kw: Any) -> Any:
-    async with RemoteCluster(url) as rc:
+    async with RemoteCluster(url, token=TOKEN) as rc:
         return await getattr(rc, op)(*args, **kw)
 
 
@@ -93,6 +99,7 @@ def remote_config(tmp: Path, master_url: str, cache_bytes: int,
         f'listen = "127.0.0.1:{port}"',
         f"workers = {WORKERS}",
         f'master = "{master_url}"',
+        f'master_token = "{READ_TOKEN}"',
         f"cache_bytes = {cache_bytes}",
     ]
     if s3 is not None:
@@ -122,7 +129,7 @@ def running_pair(tmp: Path, *, master_config: Path | None = None, s3: S3Config |
                  cache_bytes: int = CACHE_BYTES) -> Iterator[Pair]:
     if master_config is None:  # the master on a fixed port: a test restarts it
         config = write_config(
-            tmp, chunk_size=CHUNK_SIZE,
+            tmp, chunk_size=CHUNK_SIZE, token=TOKEN, read_token=READ_TOKEN,
             sections={"origin": {"listen": f"127.0.0.1:{free_port()}", "workers": WORKERS}},
         )
         text = config.read_text()
@@ -438,6 +445,8 @@ def s3_master_config(tmp: Path, s3: S3Config) -> Path:
         "health_interval = 0.2",
         "work_interval = 0.2",
         "replication_delay = 1.0",
+        f'token = "{TOKEN}"',
+        f'read_token = "{READ_TOKEN}"',
         "[[cluster.volumes]]",
         f'path = "{tmp}/var/volumes/vol0"',
         *s3_volume_lines(s3),
