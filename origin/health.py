@@ -41,10 +41,17 @@ def problems(cfg: Config, source: Source) -> list[str]:
 
 async def status_html(cfg: Config, source: Source, role: str) -> str:
     """A page for people: this origin's readiness, the volumes, goals and sync state."""
-    from origin.status_page import render
+    from origin.sources import ClusterSource
+    from origin.status_page import render, volume_states
 
+    counts: dict[str, Any] | Exception | None = None
+    if isinstance(source, ClusterSource):
+        try:
+            counts = await source.counts(volume_states(source)[0])
+        except Exception as exc:  # any database error: the page says so
+            counts = exc
     return render(cfg, source, role, problems(cfg, source), sync_status(cfg), time.time(),
-                  os.getpid())
+                  os.getpid(), counts)
 
 
 def esc(value: object) -> str:

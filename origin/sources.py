@@ -42,6 +42,7 @@ log = structlog.get_logger("origin")
 
 PIECE = 256 * 1024  # bytes per piece when streaming: the memory a request may hold
 CACHE_TTL = 1.0  # seconds a cached lookup stays valid without a commit
+COUNTS_TTL = 5.0  # seconds the status page's chunk counts are reused
 CACHE_MAX = 65536  # cached lookups per worker (cleared when full)
 
 
@@ -69,6 +70,7 @@ class ClusterSource:
     disk is served from S3 while the master rebuilds it. Local copies are read first."""
 
     def __init__(self, cfg: ClusterConfig) -> None:
+        self.cfg = cfg
         conn = schema.connect(cfg.meta_dir / "meta.db", readonly=True)
         self.meta = Meta(conn, cfg.default_goal, cfg.default_trash_time, dir_cache=True)
         known = self.meta.volumes()
@@ -85,6 +87,8 @@ class ClusterSource:
         self._version = -1
         self._s3 = [(sc, known[sc.name][0]) for sc in cfg.s3_volumes if sc.name in known]
         self._stack = contextlib.AsyncExitStack()
+        self._counts: tuple[int, float, dict[str, int]] | None = None  # (healthy, when, counts)
+        self._counting = asyncio.Lock()
 
     async def start(self) -> None:
         """Open the S3 volumes (one connection per endpoint, in this worker's loop)."""
@@ -185,6 +189,30 @@ class ClusterSource:
         if self.volumes and len(bad) == len(self.volumes):
             return "no volume is usable: " + "; ".join(bad)
         return None
+
+    async def counts(self, healthy: int) -> dict[str, int]:
+        """``Meta.counts`` for the status page. It scans every chunk (≈ 0.8 s per million on
+        a 2-core VM), so it runs on a thread over a connection of its own — never on the loop
+        that serves assets — one scan at a time, and its answer is reused for
+        ``COUNTS_TTL`` seconds: a status page reloaded by many people costs one scan."""
+        async with self._counting:
+            last = self._counts
+            if last is not None and last[0] == healthy and \
+                    time.monotonic() - last[1] < COUNTS_TTL:
+                return last[2]
+            weights = {v.bit: v.worth for v in self.volumes.values()}
+            counts = await asyncio.to_thread(self._scan_counts, healthy, weights)
+            self._counts = (healthy, time.monotonic(), counts)
+            return counts
+
+    def _scan_counts(self, healthy: int, weights: dict[int, int]) -> dict[str, int]:
+        conn = schema.connect(self.cfg.meta_dir / "meta.db", readonly=True)
+        try:
+            meta = Meta(conn, self.cfg.default_goal, self.cfg.default_trash_time)
+            meta.set_worth(weights)  # an S3 copy counts as its counts_as, as in the master
+            return meta.counts(healthy)
+        finally:
+            conn.close()
 
     def _meta_problem(self) -> str | None:
         try:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from cluster.errors import ClusterError
+from cluster.master import Volume
 from cluster.volume import LocalVolume
 from origin.config import Config
 from origin.health import esc
@@ -27,10 +28,13 @@ STYLE = (
 
 
 def render(cfg: Config, source: Source, role: str, problems: list[str],
-           sync: dict[str, Any] | None, now: float, pid: int) -> str:
+           sync: dict[str, Any] | None, now: float, pid: int,
+           counts: dict[str, int] | Exception | None = None) -> str:
+    """The page; ``counts``: a cluster source's ``counts`` (or the error reading them)."""
     parts = [_readiness(problems)]
     if isinstance(source, ClusterSource):
-        parts.append(_cluster(cfg, source))
+        assert counts is not None, "a cluster's page needs its counts"
+        parts.append(_cluster(cfg, source, counts))
     elif isinstance(source, DirectorySource):
         parts.append(_directory(source))
     parts.append(_sync(sync, cfg.origin.max_sync_lag))
@@ -51,27 +55,35 @@ def _readiness(problems: list[str]) -> str:
     return f"<p id=state class=bad>Not ready (/readyz answers 503)</p><ul id=problems>{items}</ul>"
 
 
-def _cluster(cfg: Config, source: ClusterSource) -> str:
-    healthy = 0
-    rows = []
+def volume_states(source: ClusterSource) -> tuple[int, list[tuple[Volume, str, str]]]:
+    """The mask of the volumes that count as healthy, and each volume with its state and
+    problem. A local volume is checked here (its marker file); an S3 volume is the master's
+    to judge (``cluster status``), as for ``/readyz``, and counts as healthy."""
+    healthy, out = 0, []
     for v in sorted(source.volumes.values(), key=lambda v: v.id):
-        assert isinstance(v.store, LocalVolume)
-        try:
-            v.store.identity()  # its marker file is there
-            reason = ""
+        state, reason = "ok", ""
+        if isinstance(v.store, LocalVolume):
+            try:
+                v.store.identity()
+            except ClusterError as exc:
+                state, reason = "missing", str(exc)
+        else:
+            state = "s3, checked by the master"
+        if not reason:
             healthy |= v.bit
-        except ClusterError as exc:
-            reason = str(exc)
-        state = "missing" if reason else "ok"
-        rows.append(f"<tr id=volume-{v.id}><td class=n>{v.id}</td><td>{esc(v.path)}</td>"
-                    f"<td class={'bad' if reason else 'ok'}>{state}</td>"
-                    f"<td>{esc(reason)}</td></tr>")
+        out.append((v, state, reason))
+    return healthy, out
+
+
+def _cluster(cfg: Config, source: ClusterSource, counts: dict[str, int] | Exception) -> str:
+    rows = [f"<tr id=volume-{v.id}><td class=n>{v.id}</td><td>{esc(v.path)}</td>"
+            f"<td class={'bad' if reason else 'ok'}>{esc(state)}</td>"
+            f"<td>{esc(reason)}</td></tr>" for v, state, reason in volume_states(source)[1]]
     out = ("<h2>Volumes</h2><table id=volumes><tr><th>id</th><th>path</th><th>state</th>"
            "<th>problem</th></tr>" + "".join(rows) + "</table>")
-    try:
-        c = source.meta.counts(healthy)
-    except Exception as exc:  # any database error: say so, the rest of the page still helps
-        return out + f"<h2>Goals</h2><p id=counts class=bad>metadata unreadable: {esc(exc)}</p>"
+    if isinstance(counts, Exception):  # a database error: say so, the rest still helps
+        return out + f"<h2>Goals</h2><p id=counts class=bad>metadata unreadable: {esc(counts)}</p>"
+    c = counts
     lines = [
         ("default_goal", "Default goal (copies of each chunk)", cfg.cluster.default_goal, False),
         ("under_goal", "Chunks under goal", c["under_goal"], c["under_goal"] > 0),

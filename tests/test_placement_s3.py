@@ -235,3 +235,36 @@ async def test_local_origin_serves_from_s3_when_the_local_disks_are_gone(
             assert got == b[5:105]
     finally:
         await src.close()
+
+
+
+async def test_status_page_of_an_origin_with_an_s3_volume(mixed: Master) -> None:
+    """The origin's ``/status`` lists the S3 volume (judged by the master, so counted healthy)
+    beside the local ones and counts goals with the S3 copies — before, an S3 volume made the
+    page a 500. Lost local disks show as missing, and their chunks as under goal."""
+    from test_status_page import Dom
+
+    from origin import health
+    from origin.config import load
+    from origin.sources import ClusterSource
+
+    m = mixed
+    for i in range(3):
+        await m.put(f"/s/{i}", data(CHUNK + 1 + i, seed=200 + i))  # two chunks each
+    cfg = dataclasses.replace(load(None), cluster=m.cfg)
+    src = ClusterSource(m.cfg)
+    await src.start()
+    try:
+        s3 = s3_volume(m)
+        dom = Dom(await health.status_html(cfg, src, "origin"))
+        assert dom.text[f"volume-{s3.id}"].startswith(f"{s3.id}{s3.path}s3, checked by the master")
+        assert (dom.text["chunks"], dom.text["under_goal"], dom.text["missing"]) == ("6", "0", "0")
+        for v in [v for v in m.volumes.values() if v.kind == "local"]:
+            shutil.rmtree(v.path)
+        src._counts = None  # the page's counts are reused for a few seconds
+        dom = Dom(await health.status_html(cfg, src, "origin"))
+        assert all("missing" in dom.text[f"volume-{v.id}"] for v in m.volumes.values()
+                   if v.kind == "local")
+        assert (dom.text["under_goal"], dom.text["missing"]) == ("6", "0")  # S3 holds them
+    finally:
+        await src.close()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -235,3 +236,36 @@ def test_legacy_page_and_odd_sync_files(tmp_path: Path) -> None:
     assert dom.row(str(cfg.legacy.dir.resolve()))[1] == "missing"
     assert dom.text["problems"] == f"{cfg.legacy.dir.resolve()} is missing"
     assert dom.text["sync"].startswith("No syncer status")
+
+
+async def test_counts_are_scanned_off_the_loop_once_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's goal counts scan every chunk (≈ 0.8 s per million): on a thread, never on
+    the loop that serves assets; concurrent pages share one scan; the answer is reused for
+    ``COUNTS_TTL`` seconds, then scanned afresh."""
+    from test_master import cluster_cfg
+
+    from cluster.master import Master
+    from cluster.meta import Meta
+    from origin import sources
+
+    threads: list[int] = []
+    real = Meta.counts
+
+    def spy(self: Meta, healthy: int) -> dict[str, int]:
+        threads.append(threading.get_ident())
+        return real(self, healthy)
+
+    monkeypatch.setattr(Meta, "counts", spy)
+    async with Master(cluster_cfg(tmp_path), background=False) as m:
+        await m.put("/a/1", b"one")
+        src = sources.ClusterSource(m.cfg)
+        first, second = await asyncio.gather(src.counts(7), src.counts(7))
+        assert first == second and first["files"] == 1
+        assert len(threads) == 1 and threads[0] != threading.get_ident()
+        await m.put("/a/2", b"two")
+        assert (await src.counts(7))["files"] == 1  # reused
+        monkeypatch.setattr(sources, "COUNTS_TTL", 0.0)
+        assert (await src.counts(7))["files"] == 2 and len(threads) == 2
+        src.meta.db.close()
