@@ -263,7 +263,7 @@ def _tokens(t: Table, host: str) -> tuple[str, str]:
         raise ConfigError(f"{t.key('read_token')}: needs {t.key('token')} as well")
     if read and read == token:
         raise ConfigError(f"{t.key('read_token')}: must differ from {t.key('token')}")
-    if not token and not _loopback(host):
+    if not token and not is_loopback(host):
         raise ConfigError(
             f"{t.key('token')}: {t.key('listen')} {host!r} is reachable from other hosts, "
             "and the master's HTTP API can change and delete anything: set a token"
@@ -271,7 +271,9 @@ def _tokens(t: Table, host: str) -> tuple[str, str]:
     return token, read
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is this host's loopback (a host name other than localhost
+    may resolve anywhere: it is not)."""
     if host == "localhost":
         return True
     try:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, ConfigError, is_loopback
 from cluster.http_api import create_app
 from cluster.http_server import bind
 from cluster.http_server import serve as serve_app
@@ -33,6 +33,9 @@ async def serve(
     if listen:
         host, _, p = listen.rpartition(":")
         port = int(p)
+        if not cfg.token and not is_loopback(host):  # as cluster.listen is checked at load
+            raise ConfigError(f"--listen {listen}: reachable from other hosts, and the master's "
+                              "HTTP API can change and delete anything: set cluster.token")
     sock = bind(host, port)
     async with Master(cfg) as master:
         if prepare is not None:

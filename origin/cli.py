@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ClusterError, SyncError) as exc:
         print(f"tandem: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # what only a command line can get wrong (``--listen``)
+        print(f"tandem: config error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

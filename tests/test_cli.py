@@ -39,6 +39,19 @@ def test_config_check_show_and_errors(tmp_path: Path, capfdbinary, monkeypatch) 
     assert code == 1 and "no such config file" in err
 
 
+def test_a_master_off_loopback_needs_a_token_on_the_command_line_too(
+    tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cluster serve --listen`` is held to the rule ``cluster.listen`` is held to at load:
+    no token, no listening beyond loopback (nothing is opened or bound)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path)
+    code, _, err = run(capfdbinary, "--config", str(cfg), "cluster", "serve",
+                       "--listen", "0.0.0.0:0")
+    assert code == 1
+    assert "--listen 0.0.0.0:0: reachable from other hosts" in err and "cluster.token" in err
+    assert not (tmp_path / "var" / "master").exists()
+
 def _tree(root: Path) -> dict[bytes, bytes]:
     files = {}
     for dirpath, _, names in os.walk(os.fsencode(root)):
