@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cluster.config import ClusterConfig
@@ -123,13 +124,16 @@ def master_client(cfg: ClusterConfig, **kw: Any) -> RemoteCluster:
     return RemoteCluster(master_url(cfg), token=cfg.token, **kw)
 
 
-async def run(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+async def run(args: argparse.Namespace, cfg: ClusterConfig,
+              readiness: Callable[[], list[str]] | None = None) -> int:
+    """``readiness``: for ``serve``, what this host's origins would call a problem (the
+    caller's, as the cluster package knows nothing of fences or the syncer)."""
     # Imported here: the commands need the master, httpx and tqdm, which every other
     # ``tandem`` command would otherwise pay for at start-up.
     if args.cmd == "serve":
         from cluster.daemon import serve
 
-        return await serve(cfg, args.listen)
+        return await serve(cfg, args.listen, readiness=readiness)
     from cluster.commands import run_command
 
     return await run_command(args, cfg)

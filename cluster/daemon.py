@@ -26,6 +26,7 @@ async def serve(
     *,
     prepare: Callable[[Master], Awaitable[None]] | None = None,
     on_ready: Callable[[Master, str], None] | None = None,
+    readiness: Callable[[], list[str]] | None = None,
 ) -> int:
     """Run the master until SIGTERM/SIGINT. ``prepare`` runs once the master is open and
     before it listens; ``on_ready`` once it listens (``tandem up`` uses both)."""
@@ -48,5 +49,5 @@ async def serve(
             if on_ready is not None:
                 on_ready(master, url)
 
-        await serve_app(create_app(master), sock, ready)
+        await serve_app(create_app(master, readiness=readiness), sock, ready)
     return 0

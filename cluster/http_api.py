@@ -12,6 +12,8 @@ the error class names, and ``RemoteCluster`` re-raises the same class.
                                         mtime_ns, chunks: [[id, version, size, copies], …]}}
     GET  /v1/chunk?id=&version=[&offset=&length=]   one chunk's bytes (a good copy, verified)
     GET  /v1/status | /v1/trash?after=&limit= | /v1/changes?after=&limit=&wait=
+    GET  /v1/readiness                  {"problems": […]}: this host's fence and sync lag, for
+                                        second-host origins' /readyz
     POST /v1/mkdir|rm|mv|snapshot|setgoal|settrashtime|undelete|purge|fsck   JSON body
     POST /v1/migrate-store {"from", "to", "move", "dry_run"}   NDJSON progress, then result
 
@@ -29,7 +31,7 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -103,7 +105,10 @@ def authorize(cfg: ClusterConfig, request: Request) -> None:
     raise Unauthorized("wrong token for the master's API")
 
 
-def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
+def create_app(master: Master, name: str = "tandem-master", *,
+               readiness: Callable[[], list[str]] | None = None) -> Sanic[Any, Any]:
+    """``readiness``: what ``GET /v1/readiness`` reports as this host's problems (a flip's
+    fence, the sync lag: ``origin.health.host_problems``); none when not given."""
     app: Sanic[Any, Any] = Sanic(name, configure_logging=False)
     app.config.REQUEST_MAX_SIZE = 1 << 40
     app.config.REQUEST_TIMEOUT = 300
@@ -232,6 +237,10 @@ def create_app(master: Master, name: str = "tandem-master") -> Sanic[Any, Any]:
     @app.get("/v1/checkfile")
     async def checkfile(request: Request) -> JSONResponse:
         return json(await m.checkfile(_path(_query(request))))
+
+    @app.get("/v1/readiness")
+    async def host_readiness(request: Request) -> JSONResponse:
+        return json({"problems": readiness() if readiness is not None else []})
 
     @app.get("/v1/status")
     async def status(request: Request) -> JSONResponse:

@@ -219,6 +219,10 @@ class RemoteCluster:
             raise RemoteError(f"the master at {self.url} ended the migration without a report")
         return result
 
+    async def readiness(self) -> list[str]:
+        """The master host's problems for its origins (a flip's fence, the sync lag)."""
+        return [str(p) for p in (await self._get("/v1/readiness"))["problems"]]
+
     async def changes(self, after: int, limit: int = 1000, wait: int = 0) -> list[Change]:
         rows = await self._get("/v1/changes", after=after, limit=limit, wait=wait)
         return [wire.change_from(d) for d in rows]

@@ -77,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _host_problems(cfg: config_mod.Config) -> list[str]:
+    from origin.health import host_problems  # the master's only: not every command's start-up
+
+    return host_problems(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -126,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             if refused is not None:
                 print(f"tandem: refused: {refused.message}", file=sys.stderr)
                 return fence.EX_TEMPFAIL if refused.retry_after is not None else 1
-        return asyncio.run(cluster_cli.run(args, cfg.cluster))
+        return asyncio.run(cluster_cli.run(args, cfg.cluster,
+                                           readiness=lambda: _host_problems(cfg)))
     except (ClusterError, SyncError) as exc:
         print(f"tandem: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,14 @@ def sync_status(cfg: Config) -> dict[str, Any] | None:
 
 
 def problems(cfg: Config, source: Source) -> list[str]:
-    out = source.ready()
+    return source.ready() + host_problems(cfg)
+
+
+def host_problems(cfg: Config) -> list[str]:
+    """What makes every cluster origin of this host unready whatever it serves from: a flip's
+    fence, the sync lag over ``origin.max_sync_lag``. The master reports them to second-host
+    origins (``GET /v1/readiness``), which cannot see this host's files."""
+    out = []
     fenced = fence.read(cfg.origin.fence_file)
     if fenced is not None:
         out.append(fence.describe(fenced))

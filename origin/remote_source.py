@@ -60,7 +60,7 @@ log = structlog.get_logger("origin")
 FEED_WAIT = 5  # seconds a change-feed poll waits on the master for a change
 FEED_LIMIT = 1000  # changes per poll
 TIMEOUT = FEED_WAIT + 5.0  # seconds for any request to the master
-HEALTH_INTERVAL = 2.0  # seconds between two checks of the S3 buckets
+HEALTH_INTERVAL = 2.0  # seconds between two checks of the S3 buckets and the master host
 LOOKUPS_MAX = 65536  # lookups kept per worker (all forgotten when full)
 RETRY_MAX = 2.0  # seconds between two attempts to reach the master, at most
 REMAP_EVERY = 10.0  # seconds between two refreshes of the master's volume list, at least
@@ -92,6 +92,7 @@ class RemoteSource:
         self.applied = -1  # the feed applied every change up to here; -1: not following
         self.problem: str | None = "the master was not reached yet"
         self.s3_problems: dict[str, str] = {}
+        self.master_problems: list[str] = []  # the master host's fence and sync lag
         self.unmatched: list[str] = []
         self.cache_problem = ""
         self._files: dict[tuple[bytes, ...], tuple[int, File | None]] = {}
@@ -121,9 +122,8 @@ class RemoteSource:
         with contextlib.suppress(ClusterError):
             await self._connect()
             self._reached()  # nothing kept yet, so nothing can be stale
-        self._tasks = [asyncio.create_task(self._follow(), name="origin-feed")]
-        if self.by_name:
-            self._tasks.append(asyncio.create_task(self._health(), name="origin-s3-health"))
+        self._tasks = [asyncio.create_task(self._follow(), name="origin-feed"),
+                       asyncio.create_task(self._health(), name="origin-health")]
 
     async def close(self) -> None:
         tasks = [*self._tasks, *([self._remapping] if self._remapping else [])]
@@ -302,7 +302,14 @@ class RemoteSource:
     # -- health ---------------------------------------------------------------------------------
 
     async def _health(self) -> None:
+        """Every ``HEALTH_INTERVAL``: this host's S3 buckets, and what the master's host
+        reports (its fence, its sync lag: the same ``/readyz`` as the origins there)."""
         while True:
+            with contextlib.suppress(ClusterError):  # unreachable: the feed reports that
+                problems = await self.master.readiness()
+                if problems != self.master_problems:
+                    log.info("origin.remote.master_readiness", problems=problems)
+                self.master_problems = problems
             for name, store in self.by_name.items():
                 try:
                     st = await store.stat()
@@ -320,6 +327,7 @@ class RemoteSource:
 
     def ready(self) -> list[str]:
         out = [p for p in (self.problem, self.cache_problem) if p]
+        out += [f"the master's host: {p}" for p in self.master_problems]
         out += [f"S3 volume {n}: {why}" for n, why in self.s3_problems.items()]
         out += [f"S3 volume {n} is not a volume of the master at {self.master.url}"
                 for n in self.unmatched]

@@ -31,6 +31,7 @@ from cluster.meta import NS
 from cluster.remote import RemoteCluster
 from cluster.store import ChunkKey
 from cluster.volume import XATTR
+from origin.remote_source import HEALTH_INTERVAL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -390,6 +391,33 @@ def test_readyz_and_status(pair: Pair) -> None:
                                                  "problems": []}
     r = get(pair.remote_url, "/status")
     assert r.status_code == 200 and "Ready" in r.text
+
+
+def test_readyz_follows_the_master_hosts_fence(pair: Pair) -> None:
+    """A flip's fence is a file on the master's host: the local origin's ``/readyz`` fails at
+    once, the remote one's within its health interval (the master reports it over
+    ``GET /v1/readiness``), and both are ready again once it is lifted."""
+    from origin.config import load
+    from syncer import fence
+
+    fence_file = load(pair.config).origin.fence_file
+    fence.raise_fence(fence_file, "legacy", "cluster", time.time())
+    try:
+        local = get(pair.local_url, "/readyz")
+        assert local.status_code == 503 and "fenced" in " ".join(local.json()["problems"])
+
+        def fenced() -> bool:
+            r = get(pair.remote_url, "/readyz")
+            return r.status_code == 503 and any(
+                p.startswith("the master's host: ") and "fenced" in p
+                for p in r.json()["problems"])
+
+        wait_for(fenced, 3 * HEALTH_INTERVAL + 2, "the remote /readyz failing on the fence")
+    finally:
+        fence.lift_fence(fence_file)
+    assert get(pair.local_url, "/readyz").status_code == 200
+    wait_for(lambda: get(pair.remote_url, "/readyz").status_code == 200,
+             3 * HEALTH_INTERVAL + 2, "the remote /readyz back once the fence is lifted")
 
 
 def test_lookup_and_chunk_endpoints(pair: Pair) -> None:
