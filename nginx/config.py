@@ -36,7 +36,7 @@ class CacheConfig:
     path: Path
     max_size: int  # bytes
     inactive: int  # seconds an entry nobody asked for is kept
-    valid: int  # seconds a 200 without Cache-Control from the origin stays fresh
+    valid: int  # seconds nginx's copy is fresh before it revalidates it with the origin
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _cache(t: Table, run_dir: Path) -> CacheConfig | None:
         path=t.path("path", run_dir / "cache"),
         max_size=t.integer("max_size", 1 << 30, 1 << 20, 1 << 50),
         inactive=t.integer("inactive", 600, 1, 365 * 86400),
-        valid=t.integer("valid", 60, 1, 365 * 86400),
+        valid=t.integer("valid", 1, 1, 365 * 86400),
     )
     t.done()
     return cache if enabled else None

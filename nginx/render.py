@@ -46,9 +46,11 @@ nginx 1.22; the behaviours are pinned by ``tests/test_nginx_render.py``):
   rule, its own read timeout, no ``X-Tandem-Accel`` header, its ``X-Accel-Redirect`` ignored —
   an app server must not reach the volumes); without, it is a 404.
 - **proxy_cache** (``[nginx.cache]``, off by default) on the asset GET/HEADs that reach an
-  origin: stale answers on error, timeout, 5xx and while updating, a cache lock, background
-  updates. X-Accel-Redirect answers are never cached (nginx follows them before caching; the
-  bytes come from a local file anyway): the cache holds what origins stream.
+  origin: fresh for ``valid`` seconds whatever the origin's ``Cache-Control`` (which still
+  reaches the clients), then revalidated; stale answers on error, timeout, 5xx and while
+  updating, a cache lock, background updates. X-Accel-Redirect answers are never cached
+  (nginx follows them before caching; the bytes come from a local file anyway): the cache
+  holds what origins stream.
 - **Every ``proxy_*`` setting sits at server level** unless a location must differ. nginx
   drops *all* inherited ``proxy_set_header`` lines in a location that sets one, so only the
   app locations set their own (all of them). ``proxy_pass`` without a URI part sends the
@@ -468,7 +470,11 @@ def _asset_proxy(cfg: Config) -> list[str]:
     if cache is not None:
         lines += [
             f"proxy_cache {CACHE_ZONE};",
-            f"proxy_cache_valid 200 {cache.valid}s;  # when the origin sends no Cache-Control",
+            # The origin's Cache-Control (30 days for images) is for browsers and CDNs, which
+            # revalidate on their own; nginx's copy is fresh for `valid` only, then revalidated
+            # (a 304 when unchanged), so an overwrite reaches the clients that quickly.
+            "proxy_ignore_headers Cache-Control Expires;",
+            f"proxy_cache_valid 200 {cache.valid}s;",
             "proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;",
             "proxy_cache_background_update on;",
             "proxy_cache_lock on;",

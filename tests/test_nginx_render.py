@@ -629,9 +629,9 @@ def test_the_dynamic_pass_through(tmp_path: Path) -> None:
 def test_the_cache_serves_stale_answers_when_the_origins_fail(tmp_path: Path) -> None:
     with FakeOrigin() as primary, FakeOrigin() as backup:
         cfg = _two_sided(tmp_path, primary, backup)
-        cache = CacheConfig(tmp_path / "cache", 1 << 20, 60, 60)
+        cache = CacheConfig(tmp_path / "cache", 1 << 20, 60, 1)
         cfg = dataclasses.replace(cfg, nginx=dataclasses.replace(cfg.nginx, cache=cache))
-        streamed = Answer(200, {"Cache-Control": "max-age=1"}, b"version 1")
+        streamed = Answer(200, {"Cache-Control": "max-age=60"}, b"version 1")
         primary.answers["/news/s.html"] = streamed
         put(cfg.cluster.volumes[0].path / "ab/chunk_x", b"chunk bytes")
         accel = Answer(200, {"X-Accel-Redirect": "/_tandem/vol/0/ab/chunk_x"})
@@ -642,7 +642,7 @@ def test_the_cache_serves_stale_answers_when_the_origins_fail(tmp_path: Path) ->
                 assert nginx.request("GET", "/images/x.jpg").body == b"chunk bytes"
             assert len(primary.seen_for("/news/s.html")) == 1  # the second was a hit
             assert len(primary.seen_for("/images/x.jpg")) == 2  # X-Accel: never cached
-            time.sleep(2.1)  # max-age=1 in nginx's whole seconds
+            time.sleep(2.1)  # valid = 1 s in nginx's whole seconds (the max-age is ignored)
             for side in (primary, backup):
                 side.answers["/news/s.html"] = Answer(503, {}, b"down")
             for _ in range(2):
@@ -651,3 +651,26 @@ def test_the_cache_serves_stale_answers_when_the_origins_fail(tmp_path: Path) ->
             statuses = [json.loads(line)["cache"]
                         for line in nginx.paths.access_log.read_text().splitlines()]
             assert "HIT" in statuses and ("STALE" in statuses or "UPDATING" in statuses)
+
+
+def test_an_overwrite_is_served_new_through_the_cache_within_valid(tmp_path: Path) -> None:
+    """nginx's copy is fresh for ``valid`` seconds, not for the origin's 30-day max-age (which
+    still reaches the client): the new version of a streamed file is served within ``valid``
+    plus the one background update; while unchanged, the origin sees no GET of it."""
+    with FakeOrigin() as primary, FakeOrigin() as backup:
+        cfg = _two_sided(tmp_path, primary, backup)
+        cache = CacheConfig(tmp_path / "cache", 1 << 20, 60, 1)
+        cfg = dataclasses.replace(cfg, nginx=dataclasses.replace(cfg.nginx, cache=cache))
+        month = {"Cache-Control": "public, max-age=2592000"}
+        primary.answers["/news/s.html"] = Answer(200, {**month, "ETag": '"v1"'}, b"version 1")
+        with Nginx(cfg) as nginx:
+            for _ in range(3):
+                r = nginx.request("GET", "/news/s.html")
+                assert r.body == b"version 1"
+                assert r.headers["cache-control"] == month["Cache-Control"]
+            assert len(primary.seen_for("/news/s.html")) == 1
+            primary.answers["/news/s.html"] = Answer(200, {**month, "ETag": '"v2"'}, b"version 2")
+            t0 = time.monotonic()
+            while nginx.request("GET", "/news/s.html").body != b"version 2":
+                assert time.monotonic() - t0 < 4.0, "still the old version through the cache"
+                time.sleep(0.1)
