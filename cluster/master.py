@@ -638,7 +638,7 @@ class Master:
             turn = self._rotation % len(order)
             order = order[turn:] + order[:turn]
             order.sort(key=lambda v: v.kind != "local")
-        data, bad, failed = await read_copy(key, offset, length, order)
+        data, bad, failed = await read_copy(key, offset, length, order, chunk_size=c.size)
         for v, exc in failed:
             self._volume_failed(v, exc)
         now = self._chunk_now(c) if bad or data is None else c
@@ -856,20 +856,27 @@ def chunk_slices(
 
 
 async def read_copy(
-    key: ChunkKey, offset: int, length: int, order: list[Volume]
+    key: ChunkKey, offset: int, length: int, order: list[Volume], *, chunk_size: int
 ) -> tuple[bytes | None, list[Volume], list[tuple[Volume, StoreError]]]:
     """Read from the first good copy in ``order``: (bytes or None, copies found bad — logged
-    as ``chunk.bad_copy`` —, volumes that failed). A cached read is tried first, on the loop."""
+    as ``chunk.bad_copy`` —, volumes that failed). A cached read is tried first, on the loop.
+    A read that reaches the chunk's end (``chunk_size``) asks the store for "to the end" —
+    on S3 a whole chunk is then a plain GET, cheaper than a ranged one — and a copy that
+    answers with other than ``length`` bytes is bad."""
+    ask = None if offset + length == chunk_size else length
     bad: list[Volume] = []
     failed: list[tuple[Volume, StoreError]] = []
     for v in order:
         try:
             data = None
             if v.cached is not None:
-                data = v.cached.read_cached(key, offset, length)
+                data = v.cached.read_cached(key, offset, ask)
                 await asyncio.sleep(0)  # stay fair: a cached read never yields by itself
             if data is None:
-                data = await v.store.get(key, offset, length)
+                data = await v.store.get(key, offset, ask)
+            if len(data) != length:  # a copy shorter or longer than the chunk
+                raise ChunkCorrupt(f"{v.path}: {key.name}: {len(data)} bytes at {offset}, "
+                                   f"{length} expected (a chunk of {chunk_size})")
         except (ChunkCorrupt, ChunkMissing) as exc:
             log.error("chunk.bad_copy", volume=v.path, chunk=key.name, error=str(exc))
             bad.append(v)

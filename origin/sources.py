@@ -167,7 +167,7 @@ class ClusterSource:
         for c, off, n in chunk_slices(entry.size, chunks, offset, length, PIECE):
             order = [self.volumes[v] for v in self._order(c)]
             key = ChunkKey(c.id, c.version)
-            data, _, failed = await read_copy(key, off, n, order)
+            data, _, failed = await read_copy(key, off, n, order, chunk_size=c.size)
             for v, exc in failed:
                 log.warning("origin.volume_failed", volume=v.path, error=str(exc))
             if data is None:

@@ -599,6 +599,28 @@ async def test_a_bad_copy_is_never_served_and_is_replaced(m: Master) -> None:
     assert await m.cat("/c") == body
 
 
+@pytest.mark.parametrize("change", ["longer", "shorter"])
+async def test_a_copy_of_the_wrong_length_is_never_served(m: Master, change: str) -> None:
+    """A whole chunk is read "to the end" (on S3 a plain GET, not a ranged one): a copy with
+    bytes appended, or cut short, is a bad copy — never served, dropped — whatever its CRCs."""
+    body = data(CHUNK + 5000, seed=13)
+    await m.put("/w", body)
+    _, infos = await m.fileinfo("/w")
+    last = infos[1].chunk
+    bad_vol = sorted(cp.volume for cp in infos[1].copies)[0]
+    path = copy_path(m, bad_vol, last)
+    if change == "longer":
+        with open(path, "ab") as f:
+            f.write(b"appended garbage")
+    else:
+        os.truncate(path, 4000)
+    for i in range(2):  # reads rotate among the copies (see above)
+        assert await m.cat("/w") == body
+        assert await m.cat("/w", CHUNK + 10, 100) == body[CHUNK + 10 : CHUNK + 110]
+        await m.put(f"/rotate{i}", b"r")
+    assert bad_vol not in (await copies(m, "/w"))[1]
+    assert m.stats["bad_copies_dropped"] == 1
+
 async def test_scrub_finds_and_repairs_a_bad_copy(tmp_path: Path) -> None:
     cfg = cluster_cfg(tmp_path, scrub_rate=1 << 40)
     async with Master(cfg, background=False) as m:

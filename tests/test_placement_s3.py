@@ -268,3 +268,30 @@ async def test_status_page_of_an_origin_with_an_s3_volume(mixed: Master) -> None
         assert (dom.text["under_goal"], dom.text["missing"]) == ("6", "0")  # S3 holds them
     finally:
         await src.close()
+
+
+
+async def test_a_whole_chunk_is_a_plain_get(
+    tmp_path: Path, s3_base: S3Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a chunk to its end asks S3 for the object without a Range (a plain GET costs
+    the engine and botocore less than a ranged one); a part of a chunk is a ranged GET of
+    the CRC blocks that hold it."""
+    cfg = cluster_cfg(tmp_path, [], s3_volumes=(fresh(s3_base),), default_goal=1)
+    async with Master(cfg, background=False) as m:
+        body = data(CHUNK + 3000, seed=21)
+        await m.put("/g", body)
+        client = s3_volume(m).store.conn.client
+        seen: list[dict[str, Any]] = []
+        real = client.get_object
+
+        async def spy(**kw: Any) -> Any:
+            seen.append(kw)
+            return await real(**kw)
+
+        monkeypatch.setattr(client, "get_object", spy)
+        assert await m.cat("/g") == body
+        assert ["Range" in kw for kw in seen] == [False, False]
+        seen.clear()
+        assert await m.cat("/g", 10, 100) == body[10:110]
+        assert [kw.get("Range") for kw in seen] == [f"bytes=0-{65536 - 1}"]
