@@ -31,13 +31,17 @@ async def serve(
     sock: socket.socket,
     on_ready: Callable[[str], None],
     stop: asyncio.Event | None = None,
+    protocol: type[asyncio.Protocol] | None = None,
 ) -> None:
-    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (or ``stop`` is set), with sanic's
+    HTTP protocol or a subclass of it (``protocol``)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+    server = await app.create_server(
+        sock=sock, return_asyncio_server=True, access_log=False, protocol=protocol
+    )
     assert server is not None
     await server.startup()
     await server.before_start()

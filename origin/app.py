@@ -30,6 +30,7 @@ from nginx.accel import ACCEL_HEADER
 from origin import health, metrics, mime, semantics, urls
 from origin.config import Config
 from origin.errors import OriginError, Refused
+from origin.handoff import Handoff, accel_headers
 from origin.sources import File, Source
 from origin.writes import DISCARD_MAX, Writer
 
@@ -75,6 +76,9 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
     writer = Writer(cfg) if role == "origin" and cfg.origin.write_prefixes else None
     gate = Gate(source, role)
     ocfg = cfg.origin
+    lookup_now = getattr(source, "lookup_now", None)
+    # Plain hand-offs skip sanic (``origin.server`` serves with ``HandoffProtocol``).
+    app.ctx.handoff = Handoff(ocfg, lookup_now, gate) if lookup_now is not None else None
 
     @app.get("/healthz")
     async def healthz(request: Request) -> HTTPResponse:
@@ -134,8 +138,10 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
                 status, sent = resp.status, len(resp.body or b"")
                 _close_if_body_unread(request)
             elapsed = time.perf_counter() - started
-            metrics.observe(status, sent, elapsed)
-            if not accel:  # an X-Accel hand-off is logged once, by nginx's access log
+            if accel:  # logged once, by nginx's access log
+                metrics.handoff("app", elapsed)
+            else:
+                metrics.observe(status, sent, elapsed)
                 log.info("http.request", method=request.method, path=request.path,
                          status=status, bytes=sent, ms=round(elapsed * 1000, 3))
 
@@ -150,21 +156,17 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
 async def _serve(request: Request, cache_control: str, name: bytes, f: File,
                  source: Source) -> tuple[int, int, bool]:
     """Answer a file; returns (status, body bytes sent, handed to nginx by X-Accel)."""
-    ctype = mime.content_type(name)
     if f.accel is not None and ACCEL_HEADER in request.headers and request.method in (
         "GET", "HEAD"
     ):
-        headers = {"X-Accel-Redirect": f.accel, "Content-Type": ctype}
-        if cache_control:
-            headers["Cache-Control"] = cache_control
-        await request.respond(HTTPResponse(b"", headers=headers))
+        await request.respond(HTTPResponse(b"", headers=accel_headers(f, name, cache_control)))
         return 200, 0, True
     tag = semantics.etag(f.mtime_ns, f.size)
     out = semantics.evaluate(request.method, request.headers.get, tag,
                              f.mtime_ns // 1_000_000_000, f.size)
     headers = dict(out.headers)
     if out.file_type:
-        headers["Content-Type"] = ctype
+        headers["Content-Type"] = mime.content_type(name)
     if cache_control and out.cacheable:
         headers["Cache-Control"] = cache_control
     if out.body or not out.length:

@@ -37,6 +37,11 @@ LATENCY = Histogram(
     "Time to answer a request (headers and body written to the socket)",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+HANDOFFS = Counter(
+    "tandem_origin_handoffs_total",
+    "X-Accel hand-offs to nginx, by what answered: the shortcut (origin/handoff.py) or the app",
+    ["by"],
+)
 _by_code: dict[int, Counter] = {}
 
 
@@ -48,6 +53,12 @@ def observe(status: int, sent: int, seconds: float) -> None:
     if sent:
         BYTES.inc(sent)
     LATENCY.observe(seconds)
+
+
+def handoff(by: str, seconds: float) -> None:
+    """A hand-off answered (``by``: "shortcut" or "app"), as ``observe`` counts it too."""
+    HANDOFFS.labels(by=by).inc()
+    observe(200, 0, seconds)
 
 
 class SyncCollector(Collector):

@@ -100,6 +100,7 @@ def _spawn(cfg: Config, sock: socket.socket, role: str, n: int) -> int:
 async def _worker(cfg: Config, sock: socket.socket, role: str, n: int) -> int:
     from cluster.http_server import serve
     from origin.app import create_app
+    from origin.handoff import HandoffProtocol
     from origin.sources import ClusterSource, DirectorySource, Source
 
     remote = local = None
@@ -116,7 +117,8 @@ async def _worker(cfg: Config, sock: socket.socket, role: str, n: int) -> int:
     app = create_app(cfg, source, role=role)
     try:
         await serve(app, sock, lambda url: log.info(f"{role}.worker_ready", worker=n,
-                                                     pid=os.getpid()))
+                                                     pid=os.getpid()),
+                    protocol=HandoffProtocol)
     finally:
         if remote is not None:
             await remote.close()

@@ -57,6 +57,9 @@ class File:
 class Source(Protocol):
     async def lookup(self, parts: tuple[bytes, ...]) -> File | None: ...
 
+    # Sources that never suspend in ``lookup`` also offer it as ``lookup_now`` (plain, for
+    # ``origin.handoff``); the remote source does not.
+
     def read(self, f: File, offset: int, length: int) -> AsyncIterator[bytes]: ...
 
     def ready(self) -> list[str]: ...
@@ -103,6 +106,9 @@ class ClusterSource:
         await self._stack.aclose()
 
     async def lookup(self, parts: tuple[bytes, ...]) -> File | None:
+        return self.lookup_now(parts)
+
+    def lookup_now(self, parts: tuple[bytes, ...]) -> File | None:
         """The file at ``parts``. Answers are cached per worker until the next commit (any
         change to the metadata, ``PRAGMA data_version``) and for at most ``CACHE_TTL``
         (a volume can vanish without a commit)."""
@@ -241,8 +247,11 @@ class DirectorySource:
         self.root = os.fsencode(root.resolve())
 
     async def lookup(self, parts: tuple[bytes, ...]) -> File | None:
+        return self.lookup_now(parts)
+
+    def lookup_now(self, parts: tuple[bytes, ...]) -> File | None:
         path = os.path.join(self.root, *parts) if parts else self.root
-        real = os.path.realpath(path)  # noqa: ASYNC240 - on the loop on purpose (see above)
+        real = os.path.realpath(path)
         if real != self.root and not real.startswith(self.root + b"/"):
             return None  # a symbolic link out of the directory
         try:

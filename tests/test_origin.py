@@ -332,6 +332,132 @@ def test_the_origin_streams_a_multi_chunk_file_even_behind_nginx(stack: Stack) -
     assert sha(r.content) == sha(BIG_BYTES)
 
 
+# -- the hand-off shortcut (origin/handoff.py) -------------------------------------------------
+
+MARK = b"X-Tandem-Accel: 1\r\n"
+
+
+def handoffs(s: Stack) -> dict[str, float]:
+    """The origin's hand-off counters, summed over its workers: by the shortcut, by the app."""
+    out = {"shortcut": 0.0, "app": 0.0}
+    for line in httpx.get(s.urls[ORIGIN] + "/metrics").text.splitlines():
+        if line.startswith('tandem_origin_handoffs_total{by="'):
+            by, _, value = line[len('tandem_origin_handoffs_total{by="'):].partition('"} ')
+            out[by] = float(value)
+    return out
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def exchange(url: str, sends: list[bytes], answers: int, pause: float = 0.0) -> list[Answer]:
+    """Write ``sends`` on one keep-alive connection (``pause`` seconds apart) and read
+    ``answers`` responses to GETs, parsed by httptools."""
+    import httptools
+
+    got: list[Answer] = []
+
+    class Sink:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.decode().lower()] = value.decode()
+
+        def on_message_begin(self) -> None:
+            self.headers: dict[str, str] = {}
+            self.body = b""
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            got.append(Answer(parser.get_status_code(), self.headers, self.body))
+
+    parser = httptools.HttpResponseParser(Sink())
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        for data in sends:
+            sock.sendall(data)
+            time.sleep(pause)
+        while len(got) < answers:
+            data = sock.recv(65536)
+            assert data, f"the origin closed the connection after {len(got)} answers"
+            parser.feed_data(data)
+    return got
+
+
+def _get(target: str, extra: bytes = MARK, version: bytes = b"1.1") -> bytes:
+    return b"GET " + target.encode() + b" HTTP/" + version + b"\r\nHost: t\r\n" + extra + b"\r\n"
+
+
+def test_a_plain_handoff_is_answered_by_the_shortcut_as_the_app_would(stack: Stack) -> None:
+    """A marked GET or HEAD of a single-chunk file skips sanic: the shortcut's counter moves,
+    the app's does not, and sanic still answers its own routes on the same connection. The
+    answer carries the headers the app gives the same file (the app answers a request with
+    ``Connection: close``, which the shortcut leaves alone)."""
+    url = stack.urls[ORIGIN]
+    targets = [VALIDATED + "data.bin", SAME, "/images/ct/file.webp", "/news/ct/file.html"]
+    before = handoffs(stack)
+    with httpx.Client(base_url=url) as c:
+        for target in targets:
+            for method in ("GET", "HEAD"):
+                r = c.request(method, target, headers={"X-Tandem-Accel": "1"})
+                assert r.status_code == 200 and r.content == b"", (method, target)
+                app = raw(url, target.encode(), MARK)
+                assert app.status == 200 and app.body == b""
+                app_headers = {
+                    k.lower(): v for k, v in (
+                        line.decode().split(": ", 1) for line in app.head.split(b"\r\n")[1:]
+                    )
+                }
+                ours = {k.lower(): v for k, v in r.headers.items()}
+                assert ours.pop("connection") == "keep-alive"
+                assert app_headers.pop("connection") == "close"
+                assert app_headers.pop("alt-svc") == ""  # sanic's empty one; nginx hides it
+                # The copy nginx is sent to rotates over the volumes holding one.
+                for h in (ours, app_headers):
+                    h["x-accel-redirect"] = h["x-accel-redirect"].split("/", 4)[-1]
+                assert ours == app_headers, target
+                assert c.get("/healthz").text == "ok\n"
+    after = handoffs(stack)
+    assert after["shortcut"] - before["shortcut"] == 2 * len(targets)
+    assert after["app"] - before["app"] == 2 * len(targets)  # the Connection: close ones
+
+
+@pytest.mark.parametrize("case", [
+    "unmarked", "http/1.0", "close", "a body", "pipelined", "split head", "missing", "hostile",
+    "multi-chunk", "post",
+])
+def test_the_shortcut_leaves_every_other_request_to_the_app(stack: Stack, case: str) -> None:
+    """Whatever is not a whole, plain, marked GET/HEAD of a file nginx can send goes to sanic
+    untouched and gets the app's usual answer; the shortcut's counter stays put."""
+    url = stack.urls[ORIGIN]
+    data = VALIDATED + "data.bin"
+    sends, answers, want, pause = {
+        "unmarked": ([_get(data, b"")], 1, 200, 0.0),
+        "http/1.0": ([_get(data, MARK + b"Connection: keep-alive\r\n", b"1.0")], 1, 200, 0.0),
+        "close": ([_get(data, MARK + b"Connection: close\r\n")], 1, 200, 0.0),
+        "a body": ([_get(data, MARK + b"Content-Length: 2\r\n") + b"hi"], 1, 200, 0.0),
+        "pipelined": ([_get(data) + _get(SAME)], 2, 200, 0.0),
+        "split head": ([_get(data)[:20], _get(data)[20:]], 1, 200, 0.2),
+        "missing": ([_get("/images/v/no-such-file.jpg")], 1, 404, 0.0),
+        "hostile": ([_get("/images/%2e%2e/secret.txt")], 1, 400, 0.0),
+        "multi-chunk": ([_get(BIG)], 1, 200, 0.0),
+        "post": ([_get(data).replace(b"GET", b"POST", 1)], 1, 405, 0.0),
+    }[case]
+    before = handoffs(stack)
+    got = exchange(url, sends, answers, pause)
+    assert [a.status for a in got] == [want] * answers, got
+    if case == "unmarked" or case == "multi-chunk":
+        assert "x-accel-redirect" not in got[0].headers
+        assert got[0].body == (BIG_BYTES if case == "multi-chunk" else FILES["data.bin"][0])
+    elif want == 200:
+        assert all(a.headers["x-accel-redirect"].startswith("/_tandem/vol/") for a in got)
+    after = handoffs(stack)
+    assert after["shortcut"] == before["shortcut"], case
+
 # == 3. overwrites are served new within a second ==============================================
 
 
