@@ -154,7 +154,11 @@ class LocalVolume:
             raise VolumeUnavailable(f"{self.root}: no volume marker ({exc})") from None
 
     def path_of(self, key: ChunkKey) -> Path:
-        return self.root / key.folder / key.name
+        return Path(self.file_of(key))
+
+    def file_of(self, key: ChunkKey) -> str:
+        """``path_of`` as a string, without pathlib's cost (the origin's per-request stat)."""
+        return f"{self.name}/{key.folder}/{key.name}"
 
     def remove_temp(self) -> int:
         """Delete leftovers of writes interrupted by a crash (call only when none run)."""

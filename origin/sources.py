@@ -151,7 +151,7 @@ class ClusterSource:
             store = self.volumes[vid].store
             assert isinstance(store, LocalVolume)
             try:
-                st = os.stat(store.path_of(key))
+                st = os.stat(store.file_of(key))
             except OSError:
                 continue
             if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:

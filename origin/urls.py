@@ -18,6 +18,7 @@ from origin.settings import OriginConfig, Route
 
 MAX_URI = 8192  # nginx's default large_client_header_buffers line size
 _FORBIDDEN = (b"%2f", b"%5c", b"%00", b"\\")
+_PLAIN_UNLESS = (b"%", b"\\", b"\0", b"//", b"/.")  # a path without these decodes to itself
 
 
 def decode(raw_url: bytes) -> bytes:
@@ -25,6 +26,8 @@ def decode(raw_url: bytes) -> bytes:
     path = raw_url.split(b"?", 1)[0].split(b"#", 1)[0]
     if len(path) > MAX_URI:
         raise Refused("the URL is too long", 414)
+    if path.startswith(b"/") and not any(c in path for c in _PLAIN_UNLESS):
+        return path  # the usual URL: nothing to refuse, decode or merge
     low = path.lower()
     if any(f in low for f in _FORBIDDEN):
         raise Refused("encoded slashes, backslashes and NUL are not allowed in URLs")

@@ -231,3 +231,30 @@ def test_nginx_content_types_match(nginx: Nginx, client: httpx.Client) -> None:
 def test_nginx_config_draws_no_warning(nginx: Nginx) -> None:
     log = nginx.error_log.read_text() if nginx.error_log.exists() else ""
     assert "[warn]" not in log and "[emerg]" not in log, log
+
+
+def test_a_plain_url_decodes_to_itself_as_the_full_decoder_would_have() -> None:
+    """``urls.decode`` returns a URL with nothing to decode or merge as it is; the full path
+    through the decoder (forced here by a leading '//', which it merges) agrees on every one of
+    a few thousand random plain URLs, and every URL it must refuse still reaches the checks."""
+    import random
+
+    from origin.errors import Refused
+    from origin.urls import decode
+
+    rng = random.Random(5)
+    alphabet = b"abcXYZ019-_.~/+=,;@!$&'()*"
+    for _ in range(3000):
+        p = b"/" + bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        try:
+            full = decode(b"/" + p)
+        except Refused:
+            full = None
+        try:
+            quick = decode(p)
+        except Refused:
+            quick = None
+        assert quick == full, p
+    for bad in (b"/a/../b", b"/a/./b", b"/a\\b", b"/a%2fb", b"/a%00", b"/a\0b", b"a/b"):
+        with pytest.raises(Refused):
+            decode(bad)
