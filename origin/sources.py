@@ -111,22 +111,28 @@ class ClusterSource:
     def lookup_now(self, parts: tuple[bytes, ...]) -> File | None:
         """The file at ``parts``. Answers are cached per worker until the next commit (any
         change to the metadata, ``PRAGMA data_version``) and for at most ``CACHE_TTL``
-        (a volume can vanish without a commit)."""
-        (version,) = self.meta.db.execute("PRAGMA data_version").fetchone()
-        if version != self._version or len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-            self._version = version
-        now = time.monotonic()
-        hit = self._cache.get(parts)
-        if hit is not None and now - hit[0] < CACHE_TTL:
-            return hit[1]
-        f = self._lookup(parts)
+        (a volume can vanish without a commit). One read transaction: each one costs the
+        WAL's shared-memory locks, ≈ a third of a lookup when they were two."""
+        db = self.meta.db
+        db.execute("BEGIN")
+        try:
+            (version,) = db.execute("PRAGMA data_version").fetchone()
+            if version != self._version or len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+                self._version = version
+            now = time.monotonic()
+            hit = self._cache.get(parts)
+            if hit is not None and now - hit[0] < CACHE_TTL:
+                return hit[1]
+            f = self._lookup(parts)
+        finally:
+            db.execute("COMMIT")
         self._cache[parts] = (now, f)
         return f
 
     def _lookup(self, parts: tuple[bytes, ...]) -> File | None:
+        """Inside the caller's read transaction: the entry and its chunks agree."""
         meta = self.meta
-        meta.db.execute("BEGIN")
         try:
             e = meta.stat(parts)
             if e.is_dir:
@@ -134,8 +140,6 @@ class ClusterSource:
             chunks = meta.chunks(e.chunks)
         except ClusterError:
             return None
-        finally:
-            meta.db.execute("COMMIT")
         return File(e.size, e.mtime_ns, self._accel(e, chunks), (e, chunks))
 
     def _accel(self, e: Entry, chunks: list[Chunk]) -> str | None:
