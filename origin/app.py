@@ -139,7 +139,7 @@ def create_app(cfg: Config, source: Source, *, role: str = "origin") -> Sanic[An
                 _close_if_body_unread(request)
             elapsed = time.perf_counter() - started
             if accel:  # logged once, by nginx's access log
-                metrics.handoff("app", elapsed)
+                metrics.handoff(elapsed)
             else:
                 metrics.observe(status, sent, elapsed)
                 log.info("http.request", method=request.method, path=request.path,

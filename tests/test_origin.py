@@ -48,6 +48,7 @@ from cluster.remote import RemoteCluster
 from cluster.view import view_root
 from cluster.volume import MARKER
 from origin import logs, mime
+from origin.metrics import ShortcutTally
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -338,7 +339,9 @@ MARK = b"X-Tandem-Accel: 1\r\n"
 
 
 def handoffs(s: Stack) -> dict[str, float]:
-    """The origin's hand-off counters, summed over its workers: by the shortcut, by the app."""
+    """The origin's hand-off counters, summed over its workers: by the shortcut, by the app.
+    The shortcut's reach Prometheus within ``ShortcutTally.FLUSH_AFTER``: waited for here."""
+    time.sleep(2.5 * ShortcutTally.FLUSH_AFTER)
     out = {"shortcut": 0.0, "app": 0.0}
     for line in httpx.get(s.urls[ORIGIN] + "/metrics").text.splitlines():
         if line.startswith('tandem_origin_handoffs_total{by="'):
