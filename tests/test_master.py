@@ -1009,3 +1009,20 @@ async def test_overwrite_keeps_the_files_own_goal_and_trash_time(m: Master) -> N
     assert put == e  # what put returned is what stat reads back
     (t,) = await m.trash_list()
     assert t.expires - t.deleted == 60  # the old version kept the file's own trash time
+
+
+async def test_the_scrubber_keeps_its_rate_and_does_not_race_to_catch_up() -> None:
+    """``background.Pace``: 2 MiB counted at 10 MiB/s take ~0.2 s (it naps, ≤ NAP early);
+    after a stall far behind schedule, the next 2 MiB still take ≥ 0.2 s - NAP, not nothing."""
+    pace = background.Pace(10 << 20)
+    t0 = time.monotonic()
+    for _ in range(32):
+        await pace.spent(64 << 10)
+    took = time.monotonic() - t0
+    assert 0.2 - pace.NAP <= took < 0.5, took
+    await asyncio.sleep(0.5)  # a slow disk: half a second behind
+    t0 = time.monotonic()
+    for _ in range(32):
+        await pace.spent(64 << 10)
+    took = time.monotonic() - t0
+    assert 0.2 - 2 * pace.NAP <= took < 0.5, took
