@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from cluster import paths
-from cluster.errors import ChangelogTrimmed, ClusterError, StoreError
+from cluster.errors import ChangelogTrimmed, ChunkCorrupt, ClusterError, StoreError
 from cluster.master import chunk_slices
 from cluster.meta import Change, Chunk, Kind
 from cluster.remote import RemoteCluster
@@ -274,11 +274,16 @@ class RemoteSource:
 
     async def _fetch(self, c: Chunk, key: ChunkKey, offset: int, length: int) -> bytes:
         """From a copy on this host's S3 volumes (verified by its CRC table), else through
-        the master (which reads a good copy)."""
+        the master (which reads a good copy). A read to the chunk's end asks for "to the
+        end" (on S3 a plain GET, cheaper than a ranged one, as ``master.read_copy`` does)."""
+        ask = None if offset + length == c.size else length
         for vid, store in self.stores.items():
             if c.copies & (1 << vid):
                 try:
-                    return await store.get(key, offset, length)
+                    data = await store.get(key, offset, ask)
+                    if len(data) == length:
+                        return data
+                    raise ChunkCorrupt(f"{len(data)} bytes at {offset}, {length} expected")
                 except StoreError as exc:
                     log.warning("origin.remote.s3_failed", volume=store.name, chunk=key.name,
                                 error=str(exc))

@@ -295,3 +295,35 @@ async def test_a_whole_chunk_is_a_plain_get(
         seen.clear()
         assert await m.cat("/g", 10, 100) == body[10:110]
         assert [kw.get("Range") for kw in seen] == [f"bytes=0-{65536 - 1}"]
+
+
+async def test_the_remote_origin_reads_a_whole_chunk_with_a_plain_get(
+    tmp_path: Path, s3_base: S3Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remote origin's chunk reads (``RemoteSource._fetch``) follow the same rule as the
+    master's: to the chunk's end, no Range; a part, a ranged GET. Its S3 store is mapped by
+    hand here (no master over HTTP: the master's bytes are not asked for)."""
+    from origin import config as origin_config
+    from origin.remote_source import RemoteSource
+
+    cfg = cluster_cfg(tmp_path, [], s3_volumes=(fresh(s3_base),), default_goal=1)
+    async with Master(cfg, background=False) as m:
+        body = data(5000, seed=23)
+        await m.put("/r", body)
+        (c,) = (await m.open("/r"))[1]
+        vol = s3_volume(m)
+        src = RemoteSource(origin_config.load(None))
+        src.stores = {vol.id: vol.store}
+        client = vol.store.conn.client
+        seen: list[dict[str, Any]] = []
+        real = client.get_object
+
+        async def spy(**kw: Any) -> Any:
+            seen.append(kw)
+            return await real(**kw)
+
+        monkeypatch.setattr(client, "get_object", spy)
+        key = ChunkKey(c.id, c.version)
+        assert await src._fetch(c, key, 0, c.size) == body
+        assert await src._fetch(c, key, 10, 100) == body[10:110]
+        assert [kw.get("Range") for kw in seen] == [None, f"bytes=0-{65536 - 1}"]  # CRC blocks
