@@ -271,6 +271,20 @@ async def test_status_page_of_an_origin_with_an_s3_volume(mixed: Master) -> None
 
 
 
+def spy_gets(monkeypatch: pytest.MonkeyPatch, store: S3Store) -> list[dict[str, Any]]:
+    """The arguments of every ``get_object`` the store's client makes from now on."""
+    client = store.conn.client
+    seen: list[dict[str, Any]] = []
+    real = client.get_object
+
+    async def spy(**kw: Any) -> Any:
+        seen.append(kw)
+        return await real(**kw)
+
+    monkeypatch.setattr(client, "get_object", spy)
+    return seen
+
+
 async def test_a_whole_chunk_is_a_plain_get(
     tmp_path: Path, s3_base: S3Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -281,15 +295,7 @@ async def test_a_whole_chunk_is_a_plain_get(
     async with Master(cfg, background=False) as m:
         body = data(CHUNK + 3000, seed=21)
         await m.put("/g", body)
-        client = s3_volume(m).store.conn.client
-        seen: list[dict[str, Any]] = []
-        real = client.get_object
-
-        async def spy(**kw: Any) -> Any:
-            seen.append(kw)
-            return await real(**kw)
-
-        monkeypatch.setattr(client, "get_object", spy)
+        seen = spy_gets(monkeypatch, s3_volume(m).store)
         assert await m.cat("/g") == body
         assert ["Range" in kw for kw in seen] == [False, False]
         seen.clear()
@@ -314,15 +320,7 @@ async def test_the_remote_origin_reads_a_whole_chunk_with_a_plain_get(
         vol = s3_volume(m)
         src = RemoteSource(origin_config.load(None))
         src.stores = {vol.id: vol.store}
-        client = vol.store.conn.client
-        seen: list[dict[str, Any]] = []
-        real = client.get_object
-
-        async def spy(**kw: Any) -> Any:
-            seen.append(kw)
-            return await real(**kw)
-
-        monkeypatch.setattr(client, "get_object", spy)
+        seen = spy_gets(monkeypatch, vol.store)
         key = ChunkKey(c.id, c.version)
         assert await src._fetch(c, key, 0, c.size) == body
         assert await src._fetch(c, key, 10, 100) == body[10:110]
