@@ -17,8 +17,9 @@ unchanged, so every other answer stays sanic's and the app's (``origin/app.py``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 from sanic.http.constants import Stage
@@ -82,7 +83,8 @@ class _Head:
 class Handoff:
     """The shortcut's answers: the same lookup and headers as the app's hand-off."""
 
-    def __init__(self, cfg: OriginConfig, lookup: Any, gate: Gate) -> None:
+    def __init__(self, cfg: OriginConfig, lookup: Callable[[tuple[bytes, ...]], File | None],
+                 gate: Gate) -> None:
         self.cfg, self.lookup, self.gate = cfg, lookup, gate
         self.tally = metrics.ShortcutTally()
 
