@@ -789,7 +789,9 @@ class Master:
         }
 
     async def status(self) -> dict[str, Any]:
-        counts = await self._db(self.meta.counts, self.readable_mask)
+        # Off the database thread: a scan of every chunk there would hold back every commit.
+        weights = {v.bit: v.worth for v in self.volumes.values()}
+        counts = await asyncio.to_thread(scan_counts, self.cfg, self.readable_mask, weights)
         vols = [
             {
                 "id": v.id,
@@ -835,6 +837,20 @@ class Master:
 
     async def changelog_bounds(self) -> tuple[int, int]:
         return await self._db(self.meta.changelog_bounds)
+
+
+def scan_counts(cfg: ClusterConfig, healthy: int, weights: dict[int, int]) -> dict[str, int]:
+    """``Meta.counts`` over a read-only connection of its own: it scans every chunk (≈ 0.8 s
+    per million on a 2-core VM), so callers run it on a thread, never on a loop that serves
+    and never on the master's database thread. ``weights``: what a copy on each volume counts
+    toward a goal (``Meta.set_worth``), as the master counts it."""
+    conn = schema.connect(cfg.meta_dir / "meta.db", readonly=True)
+    try:
+        meta = Meta(conn, cfg.default_goal, cfg.default_trash_time)
+        meta.set_worth(weights)
+        return meta.counts(healthy)
+    finally:
+        conn.close()
 
 
 def chunk_slices(

@@ -30,7 +30,7 @@ import structlog
 from cluster import schema
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterError
-from cluster.master import Volume, chunk_slices, read_copy
+from cluster.master import Volume, chunk_slices, read_copy, scan_counts
 from cluster.meta import Chunk, Entry, Meta
 from cluster.store import ChunkKey
 from cluster.view import servable
@@ -211,18 +211,9 @@ class ClusterSource:
                     time.monotonic() - last[1] < COUNTS_TTL:
                 return last[2]
             weights = {v.bit: v.worth for v in self.volumes.values()}
-            counts = await asyncio.to_thread(self._scan_counts, healthy, weights)
+            counts = await asyncio.to_thread(scan_counts, self.cfg, healthy, weights)
             self._counts = (healthy, time.monotonic(), counts)
             return counts
-
-    def _scan_counts(self, healthy: int, weights: dict[int, int]) -> dict[str, int]:
-        conn = schema.connect(self.cfg.meta_dir / "meta.db", readonly=True)
-        try:
-            meta = Meta(conn, self.cfg.default_goal, self.cfg.default_trash_time)
-            meta.set_worth(weights)  # an S3 copy counts as its counts_as, as in the master
-            return meta.counts(healthy)
-        finally:
-            conn.close()
 
     def _meta_problem(self) -> str | None:
         try:

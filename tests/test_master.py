@@ -1026,3 +1026,31 @@ async def test_the_scrubber_keeps_its_rate_and_does_not_race_to_catch_up() -> No
         await pace.spent(64 << 10)
     took = time.monotonic() - t0
     assert 0.2 - 2 * pace.NAP <= took < 0.5, took
+
+
+async def test_status_counts_without_holding_back_a_put(m: Master) -> None:
+    """``status`` scans every chunk; it does so on a connection and thread of its own, so a
+    put issued while it scans commits without waiting for it (on the database thread the
+    put's commit queued behind the whole scan). 400,000 chunk rows make the scan long."""
+    rows = ((i, 1, 1000, 2, 0b11, 1) for i in range(1 << 40, (1 << 40) + 400_000))
+
+    def insert() -> None:
+        with m.meta.transaction():
+            m.meta.db.executemany("INSERT INTO chunk (id, version, size, goal, copies, refs) "
+                                  "VALUES (?,?,?,?,?,?)", rows)
+
+    await m._db(insert)
+    done: list[str] = []
+
+    async def status() -> None:
+        st = await m.status()
+        assert st["chunks"] >= 400_000
+        done.append("status")
+
+    async def put() -> None:
+        await asyncio.sleep(0.01)  # the scan has begun
+        await m.put("/during-status", b"x" * 1000)
+        done.append("put")
+
+    await asyncio.gather(status(), put())
+    assert done == ["put", "status"]
