@@ -84,6 +84,13 @@ BEGIN UPDATE counter SET value = value + 1 WHERE name = 'dirs'; END;
 
 CREATE TRIGGER IF NOT EXISTS dir_removed AFTER DELETE ON inode WHEN OLD.kind = 1
 BEGIN UPDATE counter SET value = value + 1 WHERE name = 'dirs'; END;
+
+-- The counter 'copies' moves whenever a chunk's copies change (re-replication, repair, a lost
+-- or replaced volume, migrate-store): the origins' lookup caches (``origin/lookup_cache.py``)
+-- hold which copies a file has and drop everything when it moves. New chunks do not move it.
+CREATE TRIGGER IF NOT EXISTS copies_changed AFTER UPDATE OF copies ON chunk
+WHEN OLD.copies != NEW.copies
+BEGIN UPDATE counter SET value = value + 1 WHERE name = 'copies'; END;
 """
 
 
@@ -112,7 +119,7 @@ def init(conn: sqlite3.Connection) -> None:
     try:
         conn.execute(
             "INSERT OR IGNORE INTO counter VALUES ('schema', ?), ('inode', 2), ('chunk', 1), "
-            "('dirs', 0)",
+            "('dirs', 0), ('copies', 0)",
             (SCHEMA_VERSION,),
         )
         conn.execute(

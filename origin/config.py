@@ -121,6 +121,7 @@ def render(cfg: Config) -> str:
         f"master_token = {_q('<set>' if o.master_token else '')}",
         f'cache_dir = "{o.cache_dir}"',
         f"cache_bytes = {o.cache_bytes}",
+        f"lookup_cache = {o.lookup_cache}",
     ]
     for r in o.routes:
         lines += [

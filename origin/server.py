@@ -112,7 +112,7 @@ async def _worker(cfg: Config, sock: socket.socket, role: str, n: int) -> int:
         source = remote = RemoteSource(cfg)
         await remote.start()
     else:
-        source = local = ClusterSource(cfg.cluster)
+        source = local = ClusterSource(cfg.cluster, cfg.origin.lookup_cache)
         await local.start()
     app = create_app(cfg, source, role=role)
     try:

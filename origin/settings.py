@@ -45,6 +45,7 @@ class OriginConfig:
     master_token: str = ""  # sent to ``master``: its cluster.read_token (cluster.token for writes)
     cache_dir: Path = Path("var/origin-cache")
     cache_bytes: int = 1 << 30  # 0 = no cache
+    lookup_cache: int = 65536  # cached cluster lookups per worker (lookup_cache.py); 0 = none
 
     def route(self, url_path: bytes) -> Route | None:
         """The route of the longest prefix that the (decoded) URL path starts with."""
@@ -126,6 +127,7 @@ def load_origin(t: Table, data_dir: Path) -> OriginConfig:
         master_token=t.string("master_token", ""),
         cache_dir=t.path("cache_dir", data_dir / "origin-cache"),
         cache_bytes=t.integer("cache_bytes", 1 << 30, 0, 1 << 50),
+        lookup_cache=t.integer("lookup_cache", 65536, 0, 1 << 24),
     )
     t.done()
     return cfg

@@ -37,13 +37,13 @@ from cluster.view import servable
 from cluster.volume import LocalVolume, pread_nowait
 from nginx.accel import LEGACY_LOCATION, volume_location
 from origin.errors import Unavailable
+from origin.lookup_cache import LookupCache
 
 log = structlog.get_logger("origin")
 
 PIECE = 256 * 1024  # bytes per piece when streaming: the memory a request may hold
-CACHE_TTL = 1.0  # seconds a cached lookup stays valid without a commit
 COUNTS_TTL = 5.0  # seconds the status page's chunk counts are reused
-CACHE_MAX = 65536  # cached lookups per worker (cleared when full)
+CACHE_MAX = 65536  # cached lookups per worker (all dropped when full): origin.lookup_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class ClusterSource:
     this host's S3 volumes (``start`` opens them) for chunks no local volume holds — a lost
     disk is served from S3 while the master rebuilds it. Local copies are read first."""
 
-    def __init__(self, cfg: ClusterConfig) -> None:
+    def __init__(self, cfg: ClusterConfig, cache: int = CACHE_MAX) -> None:
         self.cfg = cfg
         conn = schema.connect(cfg.meta_dir / "meta.db", readonly=True)
         self.meta = Meta(conn, cfg.default_goal, cfg.default_trash_time, dir_cache=True)
@@ -86,8 +86,7 @@ class ClusterSource:
                 self.volumes[vid] = Volume(vid, path, LocalVolume(Path(path)))
                 self.accel[vid] = volume_location(i)
         self._turn = 0
-        self._cache: dict[tuple[bytes, ...], tuple[float, File | None]] = {}
-        self._version = -1
+        self._cache = LookupCache(cache)
         self._s3 = [(sc, known[sc.name][0]) for sc in cfg.s3_volumes if sc.name in known]
         self._stack = contextlib.AsyncExitStack()
         self._counts: tuple[int, float, dict[str, int]] | None = None  # (healthy, when, counts)
@@ -109,42 +108,44 @@ class ClusterSource:
         return self.lookup_now(parts)
 
     def lookup_now(self, parts: tuple[bytes, ...]) -> File | None:
-        """The file at ``parts``. Answers are cached per worker until the next commit (any
-        change to the metadata, ``PRAGMA data_version``) and for at most ``CACHE_TTL``
-        (a volume can vanish without a commit). One read transaction: each one costs the
-        WAL's shared-memory locks, ≈ a third of a lookup when they were two."""
+        """The file at ``parts``, from this worker's cache (``origin/lookup_cache.py``) when
+        no commit since changed it. The copy nginx would send is stat'ed on every hit: a
+        volume's disk can vanish without a commit."""
         db = self.meta.db
+        self._cache.sync(db)
+        hit = self._cache.get(parts)
+        if hit is not None:
+            f, copy = hit
+            if copy is None or (f is not None and _sends(copy, f)):
+                return f
+            # that copy is gone or changed: read the metadata again
         db.execute("BEGIN")
         try:
-            (version,) = db.execute("PRAGMA data_version").fetchone()
-            if version != self._version or len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-                self._version = version
-            now = time.monotonic()
-            hit = self._cache.get(parts)
-            if hit is not None and now - hit[0] < CACHE_TTL:
-                return hit[1]
-            f = self._lookup(parts)
+            f, copy = self._lookup(parts)
         finally:
             db.execute("COMMIT")
-        self._cache[parts] = (now, f)
+        self._cache.put(parts, (f, copy))
         return f
 
-    def _lookup(self, parts: tuple[bytes, ...]) -> File | None:
-        """Inside the caller's read transaction: the entry and its chunks agree."""
+    def _lookup(self, parts: tuple[bytes, ...]) -> tuple[File | None, str | None]:
+        """Inside the caller's read transaction (the entry and its chunks agree): the file
+        and the chunk file nginx would send, if any."""
         meta = self.meta
         try:
             e = meta.stat(parts)
             if e.is_dir:
-                return None
+                return None, None
             chunks = meta.chunks(e.chunks)
         except ClusterError:
-            return None
-        return File(e.size, e.mtime_ns, self._accel(e, chunks), (e, chunks))
+            return None, None
+        accel = self._accel(e, chunks)
+        location, copy = accel if accel is not None else (None, None)
+        return File(e.size, e.mtime_ns, location, (e, chunks)), copy
 
-    def _accel(self, e: Entry, chunks: list[Chunk]) -> str | None:
-        """A copy nginx can send as is: one chunk, a file whose size and mtime are the
-        entry's (so nginx's validators are the ones the origin computes)."""
+    def _accel(self, e: Entry, chunks: list[Chunk]) -> tuple[str, str] | None:
+        """A copy nginx can send as is — one chunk, a file whose size and mtime are the
+        entry's (so nginx's validators are the ones the origin computes) — as (internal
+        location, chunk file)."""
         if not servable(e):
             return None
         (c,) = chunks
@@ -154,12 +155,9 @@ class ClusterSource:
                 continue
             store = self.volumes[vid].store
             assert isinstance(store, LocalVolume)
-            try:
-                st = os.stat(store.file_of(key))
-            except OSError:
-                continue
-            if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
-                return f"{self.accel[vid]}{key.folder}/{key.name}"
+            copy = store.file_of(key)
+            if _sends(copy, e):
+                return f"{self.accel[vid]}{key.folder}/{key.name}", copy
         return None
 
     def _order(self, c: Chunk) -> list[int]:
@@ -232,6 +230,15 @@ class ClusterSource:
             except ClusterError as exc:
                 problems.append(f"volume {v.path}: {exc}")
         return problems
+
+
+def _sends(copy: str, f: File | Entry) -> bool:
+    """Whether the chunk file ``copy`` is there with ``f``'s size and mtime."""
+    try:
+        st = os.stat(copy)
+    except OSError:
+        return False
+    return st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
 
 
 class DirectorySource:
