@@ -39,7 +39,7 @@ class Kind(IntEnum):
     FILE = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: origins cache tens of thousands of these
 class Entry:
     """A directory entry as stored, plus its effective (inherited) goal and trash time."""
 
@@ -74,7 +74,7 @@ def distinct_mtime(old: Entry | None, size: int, hash: bytes, mtime_ns: int) -> 
     return (old.mtime_ns // NS + 1) * NS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     id: int
     version: int
