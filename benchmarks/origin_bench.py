@@ -22,8 +22,8 @@ The servers, all on 127.0.0.1:
   (``nginx.render``: the same main, events and http settings — worker_processes, sendfile on,
   tcp_nopush off, etag on, the JSON access log …) with the upstream and server blocks replaced
   by one plain server: ``location /images/ { root <plain>; add_header Cache-Control …; }``.
-- ``fast``: tandem's nginx with ``[nginx] fast_path = true`` (``try_files`` over the volumes'
-  hard-link views, the origin as fallback), after the master has linked every file.
+- ``fast``: tandem's nginx with ``[nginx] fast_path = true`` (the volumes' hard-link views
+  tried in turn, the origin as fallback), after the master has linked every file.
 - ``python``: tandem's nginx with ``fast_path = false``: every request goes to the origin
   (``tandem origin``, pre-fork sanic workers), which answers ``X-Accel-Redirect``; nginx sends
   the chunk file.

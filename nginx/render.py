@@ -7,13 +7,20 @@ nginx 1.22; the behaviours are pinned by ``tests/test_nginx_render.py``):
   of the URL path after the prefix. A regex location matches the *normalised, percent-decoded*
   ``$uri``, so the capture is a file name that can be appended to each volume's view folder:
   ``try_files <vol0>/view<root>$tandem_rest <vol1>/view<root>$tandem_rest … @tandem_origin``
-  under ``root /``. Regex locations are tried in order, so routes are listed longest prefix
-  first (the config's "longest prefix wins"). The pattern starts with ``(?s)``: without it
-  ``.`` stops at a decoded newline and ``/images/a.jpg%0Ab.jpg`` would serve ``a.jpg``.
+  under ``root /``. A route whose ``root`` is its ``prefix`` (the defaults) needs no capture:
+  its location has ``root <vol0>/view`` and ``error_page 301 403 404`` to a named location per
+  further view (``root <vol1>/view`` …), the last to ``@tandem_origin`` — the static handler's
+  ``open`` per view tried instead of ``try_files``' ``stat`` per view and then the ``open``
+  (measured: ≈ 3 µs less nginx CPU per request, a third of the gap to a plain directory).
+  A folder would be a 301 (no slash) or an index page, so a location before it sends paths
+  ending in "/" to the origin. Regex locations are tried in order, so routes are listed
+  longest prefix first (the config's "longest prefix wins"). The pattern starts with
+  ``(?s)``: without it ``.`` stops at a decoded newline and ``/images/a.jpg%0Ab.jpg`` would
+  serve ``a.jpg``.
 - **GET/HEAD from the views, every other method to the origin**: nginx's static handler
   answers 405 to any method but GET/HEAD on a file it found, and ``error_page 405 =
   @tandem_write`` hands that request — method, URI and unread body intact — to the primary
-  origin; a missing file reaches ``@tandem_origin`` through ``try_files`` whatever the
+  origin; a missing file reaches ``@tandem_origin`` through the views whatever the
   method (which sends a non-GET/HEAD on to ``@tandem_write``, below). ``limit_except
   GET { proxy_pass … }`` looks like the obvious construct but cannot hold ``add_header`` and
   inherits the route's, so the origin's answers to writes would carry the route's
@@ -402,7 +409,10 @@ def _server(cfg: Config, primary: Primary) -> list[str]:
     # Regex locations are tried in order: longest prefix first is "the longest prefix wins".
     routes = sorted(enumerate(cfg.origin.routes), key=lambda ir: len(ir[1].prefix), reverse=True)
     for index, route in routes:
-        body += ["", *_route_location(cfg, primary, route, f"origin.routes[{index}]")]
+        body += ["", *_route_location(cfg, primary, route, f"origin.routes[{index}]", index)]
+    if fast_path(cfg, primary):
+        # A miss in a view's chain passes on by error_page, and so may the location after it.
+        body += ["", "recursive_error_pages on;"]
     body += ["", *_block(f"location {ORIGIN_LOCATION}", _asset_proxy(cfg))]
     body += ["", *_block(f"location {WRITE_LOCATION}", _write_proxy(PRIMARY_UPSTREAM))]
     body += [""] + [line for e in ENDPOINTS for line in _endpoint_location(e)]
@@ -500,13 +510,20 @@ def _hostile() -> list[str]:
     ]
 
 
-def _route_location(cfg: Config, primary: Primary, route: Route, what: str) -> list[str]:
+def _route_location(cfg: Config, primary: Primary, route: Route, what: str,
+                    index: int) -> list[str]:
     """One route: GET/HEAD from the first volume view holding the file, anything else (and
     any miss) to the origin — or everything to the origin without the fast path."""
     regex = f"(?s)^{re.escape(route.prefix)}(?<{REST}>.*)"
     head = f"location ~ {_q(regex, f'{what}.prefix', variables=False)}"
     if not fast_path(cfg, primary):
         return _block(head, [*_hostile(), *_asset_proxy(cfg)])
+    if route.prefix == route.root:
+        # Folders (a path ending in "/") are the origin's: no listings, no index pages.
+        folders = f"(?s)^{re.escape(route.prefix)}(?:.*/)?$"
+        return [*_block(f"location ~ {_q(folders, f'{what}.prefix', variables=False)}",
+                        [*_hostile(), *_asset_proxy(cfg)]),
+                "", *_view_chain(cfg, route, what, index, head)]
     tries = " ".join(
         _view_file(v.path, f"cluster.volumes[{i}].path", route, f"{what}.root")
         for i, v in enumerate(cfg.cluster.volumes)
@@ -521,6 +538,33 @@ def _route_location(cfg: Config, primary: Primary, route: Route, what: str) -> l
         cc = _q(route.cache_control, f"{what}.cache_control")
         body.append(f"add_header Cache-Control {cc};")
     return _block(head, body)
+
+
+def _view_chain(cfg: Config, route: Route, what: str, index: int, head: str) -> list[str]:
+    """A route whose URL paths are cluster paths: the static handler opens the file under the
+    first view (``root``) and each miss — 404, or 301/403 for a folder — passes the request
+    to the next view's named location, the last to the origin. An ``open`` per view tried
+    instead of ``try_files``' ``stat`` per view and then the ``open``."""
+    steps = [
+        (f"@tandem_view_{index}_{i}", _q(f"{str(v.path).rstrip('/')}/{VIEW}",
+                                         f"cluster.volumes[{i}].path"))
+        for i, v in enumerate(cfg.cluster.volumes)
+    ]
+    nexts = [name for name, _ in steps[1:]] + [ORIGIN_LOCATION]
+    cc = [f"add_header Cache-Control {_q(route.cache_control, f'{what}.cache_control')};"
+          ] if route.cache_control else []
+    lines: list[str] = []
+    for n, ((name, root), after) in enumerate(zip(steps, nexts, strict=True)):
+        body = [
+            f"root {root};",
+            "log_not_found off;  # a miss here is the next view's or the origin's",
+            f"error_page 301 403 404 = {after};",
+            f"error_page 405 = {WRITE_LOCATION};  # any method but GET/HEAD on a file nginx has",
+            *cc,
+        ]
+        lines += _block(head, [*_hostile(), *body]) if n == 0 else ["", *_block(
+            f"location {name}", body)]
+    return lines
 
 
 def _view_file(volume: PurePath, volume_what: str, route: Route, route_what: str) -> str:

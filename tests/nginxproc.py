@@ -228,3 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read ``seen``
         pass
+
+
+def serves_views(conf: str) -> bool:
+    """Whether a rendered config serves files from the volumes' views (the fast path), in
+    either form ``nginx.render`` writes: a chain of views, or ``try_files`` over them."""
+    return "error_page 301 403 404" in conf or "try_files" in conf

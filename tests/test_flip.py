@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nginxproc import Nginx, free_port, require_nginx
+from nginxproc import Nginx, free_port, require_nginx, serves_views
 from procs import Proc, start_master, write_config
 from test_sync_mirror import cluster_tree, tree
 
@@ -473,7 +473,7 @@ async def test_flip_reloads_nginx_with_the_new_primary(tmp_path: Path) -> None:
                 assert f"server 127.0.0.1:{legacy_port} max_fails=1 fail_timeout=10s;" in conf
                 assert (f"server 127.0.0.1:{origin_port} max_fails=1 fail_timeout=10s backup;"
                         in conf)
-                assert "try_files" not in conf
+                assert not serves_views(conf)
                 await wait_for(lambda: nginx.request("GET", "/news/a.html").body == b"a"
                                and access_upstreams(nginx)[-1] == f"127.0.0.1:{legacy_port}",
                                what="nginx to proxy to the legacy origin")
@@ -494,7 +494,7 @@ async def test_flip_reloads_nginx_with_the_new_primary(tmp_path: Path) -> None:
                 assert f"server 127.0.0.1:{origin_port} max_fails=1 fail_timeout=10s;" in conf
                 assert (f"server 127.0.0.1:{legacy_port} max_fails=1 fail_timeout=10s backup;"
                         in conf)
-                assert "try_files" in conf
+                assert serves_views(conf)
                 assert site.tandem("nginx", "render").stdout == conf
         finally:
             legacy.stop()

@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nginxproc import Answer, FakeOrigin, Nginx, for_test, free_port, require_nginx
+from nginxproc import (
+    Answer,
+    FakeOrigin,
+    Nginx,
+    for_test,
+    free_port,
+    require_nginx,
+    serves_views,
+)
 from procs import write_config
 
 from cluster.config import ConfigError, VolumeConfig
@@ -211,7 +219,8 @@ def test_nginx_t_and_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     require_nginx(cfg)
     assert runner.check(cfg).read_bytes() == render(cfg).encode("utf-8", "surrogateescape")
     no_fast_path = dataclasses.replace(cfg, nginx=dataclasses.replace(cfg.nginx, fast_path=False))
-    assert "try_files" not in runner.check(no_fast_path).read_text(errors="replace")
+    assert not serves_views(runner.check(no_fast_path).read_text(errors="replace"))
+    assert serves_views(render(cfg))
     toml = write_config(tmp_path, sections={"nginx": {"run_dir": str(tmp_path / "cli")}})
     assert main(["--config", str(toml), "nginx", "render"]) == 0
     assert "upstream tandem_origin {" in capsys.readouterr().out
@@ -255,6 +264,7 @@ def test_a_file_in_one_view_is_served_by_nginx(front: Front) -> None:
 def test_a_missing_file_reaches_the_origin_unchanged(front: Front) -> None:
     put(front.vols[0] / "view/images/a.jpg", b"a.jpg, which the newline must not reach")
     put(front.vols[0] / "view/images/dir/f.jpg", b"f")
+    put(front.vols[1] / "view/images/dir/index.html", b"an index page nginx must not serve")
     # Folders in a view are not files: listings (none) and index pages are the origin's.
     targets = ["/images/", "/images/dir", "/images/dir/", "/news/"]
     targets += ["/images/no%20such.jpg?v=1&x=%2F", "/images/a.jpg%0Ab.jpg"]
@@ -432,7 +442,7 @@ def test_the_legacy_primary_and_the_backup(
         assert f"server {_hp(origin.listen)} max_fails=1 fail_timeout=10s backup;" in text
         assert f"server {_hp(origin.listen)} max_fails=1 fail_timeout=10s;" in cluster_text
         assert f"server {_hp(legacy.listen)} max_fails=1 fail_timeout=10s backup;" in cluster_text
-        assert "try_files" not in text and "try_files" in cluster_text
+        assert not serves_views(text) and serves_views(cluster_text)
         with pytest.raises(NginxConfigError, match="primary"):
             render(cfg, "elsewhere")  # type: ignore[arg-type]
         require_nginx(cfg)
