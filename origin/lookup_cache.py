@@ -59,10 +59,10 @@ class LookupCache:
             return
         db.execute("BEGIN")
         try:
-            (self._version,) = db.execute("PRAGMA data_version").fetchone()
+            (version,) = db.execute("PRAGMA data_version").fetchone()
             row = db.execute("SELECT value FROM counter WHERE name = 'copies'").fetchone()
             # Metadata from before the counter: any commit may have moved a copy.
-            copies = row[0] if row is not None else ("commit", self._version)
+            copies = row[0] if row is not None else ("commit", version)
             changes = db.execute(
                 "SELECT seq, op, path, arg FROM changelog WHERE seq > ? ORDER BY seq LIMIT ?",
                 (self._seq, MAX_CHANGES + 1),
@@ -78,6 +78,7 @@ class LookupCache:
                 self._seq = int(last)
             elif changes:
                 self._seq = int(changes[-1][0])
+            self._version = version  # only now: a read that failed is read again next time
         finally:
             db.execute("COMMIT")
 

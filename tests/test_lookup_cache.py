@@ -6,9 +6,11 @@ source's uncached lookup."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_master import cluster_cfg
@@ -170,3 +172,25 @@ async def test_a_full_cache_starts_over_and_zero_turns_it_off(pair: Pair) -> Non
     misses = pair.misses
     assert pair.size("/a/0") == 1 and pair.size("/a/0") == 1
     assert pair.misses == misses + 2 and not pair.src._cache.answers
+
+
+async def test_a_failed_read_of_the_changes_is_read_again(pair: Pair) -> None:
+    """A read of the changelog that fails (a disk error, say) fails that lookup, and the next
+    lookup reads the changes again: the answer they name is never served stale."""
+    m, src = pair.m, pair.src
+    await m.put("/a/1", b"one")
+    assert pair.size("/a/1") == 3
+    await m.put("/a/1", b"eleven")
+    real = src.meta.db
+
+    class Failing:
+        def execute(self, sql: str, *args: Any) -> Any:
+            if "FROM changelog" in sql:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+    src.meta.db = Failing()  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        pair.get("/a/1")
+    src.meta.db = real
+    assert pair.size("/a/1") == 6
