@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 _MARK = ACCEL_HEADER.lower().encode()
 _BODY = (b"content-length", b"transfer-encoding")
 _UNKNOWN: Any = object()
-ROUTES_MAX = 65536  # remembered request targets per worker (all forgotten when full)
 
 
 def accel_headers(f: File, name: bytes, cache_control: str) -> dict[str, str]:
@@ -91,6 +90,7 @@ class Handoff:
         self.tally = metrics.ShortcutTally()
         # Raw request target → route and cluster path (``urls.resolve`` of its decoded form,
         # a pure function of the URL): decoding and checking cost ≈ a third of a cached hit.
+        # As many as the lookup cache holds (``origin.lookup_cache``), all forgotten when full.
         self._routes: dict[bytes, tuple[Route, tuple[bytes, ...]] | None] = {}
 
     def answer(self, data: bytes) -> bytes | None:
@@ -108,9 +108,10 @@ class Handoff:
             found = self._routes.get(head.url, _UNKNOWN)
             if found is _UNKNOWN:
                 found = urls.resolve(self.cfg, urls.decode(head.url))
-                if len(self._routes) >= ROUTES_MAX:
+                if len(self._routes) >= self.cfg.lookup_cache:
                     self._routes.clear()
-                self._routes[head.url] = found
+                if self.cfg.lookup_cache:
+                    self._routes[head.url] = found
             f = self.lookup(found[1]) if found is not None else None
         except OriginError:
             return None
