@@ -97,6 +97,14 @@ class NotEnoughCopies(ClusterError):
     status = 503
 
 
+class MetadataError(ClusterError):
+    """The metadata could not be committed (its disk is full or failing): nothing of the
+    mutation happened; it may be tried again."""
+
+    retryable = True
+    status = 503
+
+
 class ChangelogTrimmed(ClusterError):
     """The consumer's cursor is older than the oldest retained changelog entry."""
 

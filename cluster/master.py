@@ -1,6 +1,7 @@
 """The master: the one writer of the cluster's metadata, and the in-process async client API.
 
-``Master`` owns the SQLite metadata (on one database thread), the volumes, the placement of
+``Master`` owns the SQLite metadata (one writer connection, used by one database thread and,
+for a put's commit statements, by the loop: ``_commit_quick``), the volumes, the placement of
 copies, the write and read paths and the background work (``background.py``). It holds an
 exclusive lock on ``meta_dir/master.lock`` so two masters never write the same metadata.
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import fcntl
 import functools
 import hashlib
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
@@ -40,6 +43,7 @@ from cluster.errors import (
     InvalidArgument,
     IsADirectory,
     MasterBusy,
+    MetadataError,
     NotEnoughCopies,
     StoreError,
     VolumeFull,
@@ -58,9 +62,10 @@ log = structlog.get_logger("cluster")
 T = TypeVar("T")
 
 READ_PIECE = 1 << 20  # bytes per piece when streaming a file out
-CHAIN = 8  # group commits the database thread runs in a row before other database calls
+CHAIN = 8  # group commits in a row before other database calls get the writer connection
 
-Batch = list[tuple[Callable[[], Any], "asyncio.Future[Any]", list[PendingWrite]]]
+# (mutation, its caller's future, chunk copies to write first, quick: see ``_mutate``)
+Batch = list[tuple[Callable[[], Any], "asyncio.Future[Any]", list[PendingWrite], bool]]
 Outcome = tuple[list[tuple[bool, Any]], list[tuple[int, StoreError]]]
 
 
@@ -141,8 +146,9 @@ class Master:
         self.view: View | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meta")
         self._queue: collections.deque[
-            tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite]]
+            tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite], bool]
         ] = collections.deque()
+        self._conn = asyncio.Lock()  # the writer connection: one user at a time
         self._queued = asyncio.Event()
         self._ids: range = range(0)
         self._id_pos = 0
@@ -356,62 +362,103 @@ class Master:
     # -- the database thread and group commit ---------------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the database thread, alone with the writer connection: the committer
+        also uses that connection on the loop (``_commit_quick``), under the same lock."""
+        async with self._conn:
+            return await self._in_thread(fn, *args)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _mutate(self, fn: Callable[[], T], writes: list[PendingWrite] | None = None) -> T:
+    async def _mutate(
+        self, fn: Callable[[], T], writes: list[PendingWrite] | None = None, *, quick: bool = False
+    ) -> T:
         """Run ``fn`` in a transaction shared with whatever else is queued (group commit),
-        after the batch's pending chunk ``writes`` were written and synced (``batch.py``)."""
+        after the batch's pending chunk ``writes`` were written and synced (``batch.py``).
+        ``quick``: ``fn`` is a few primary-key statements, fit to run on the loop."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, fut, writes or []))
+        self._queue.append((fn, fut, writes or [], quick))
         self._queued.set()
         return await fut
 
     async def _committer(self) -> None:
-        """Group commits. The database thread runs one batch after another (each: every
-        mutation queued when it starts) without a trip back to the loop in between; a
-        batch's results reach the loop in one call (``_deliver``). On a busy loop each trip
-        costs a loop iteration, which a put would otherwise wait for several times."""
-        loop = asyncio.get_running_loop()
+        """Group commits: every mutation queued when a batch starts shares its transaction,
+        up to ``CHAIN`` batches in a row before other database calls get the connection."""
         while True:
             await self._queued.wait()
             self._queued.clear()
-            await self._db(self._commit_queued, loop)
+            async with self._conn:
+                for _ in range(CHAIN):
+                    batch: Batch = list(self._queue)
+                    self._queue.clear()
+                    if not batch:
+                        break
+                    if all(quick for *_, quick in batch):
+                        await self._commit_quick(batch)
+                        continue
+                    outcome: Outcome | BaseException
+                    try:
+                        outcome = await self._in_thread(self._commit_batch, batch)
+                    except Exception as exc:  # the commit failed: nothing in the batch happened
+                        outcome = _commit_error(exc)
+                    self._deliver(batch, outcome)
 
-    def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the database thread: commit what is queued, a batch at a time (at most
-        ``CHAIN`` batches, so other database calls are not held back for long)."""
-        for _ in range(CHAIN):
-            batch: Batch = []
-            while self._queue:  # deque.popleft and append are atomic: the loop appends
-                batch.append(self._queue.popleft())
-            if not batch:
-                return
-            outcome: Outcome | Exception
-            try:
-                outcome = self._commit_batch(batch)
-            except Exception as exc:  # the commit itself failed: nothing in the batch happened
-                outcome = exc
-            loop.call_soon_threadsafe(self._deliver, batch, outcome)
-        # Anything still queued was queued after the committer cleared ``_queued``: that
-        # ``_mutate`` set it again, so the committer comes back for it.
+    async def _commit_quick(self, batch: Batch) -> None:
+        """A batch of quick mutations: the chunk writes and the COMMIT (its fsync) on the
+        database thread, the statements on the loop. A thread runs Python only with the GIL,
+        which a busy loop hands over after up to ``sys.getswitchinterval()`` (5 ms) at each
+        return from SQLite: a batch of statements there waited for it dozens of times. The
+        results reach the callers from the thread's callback (one loop iteration, where
+        awaiting the thread costs two)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        try:
+            writes = [w for _, _, ws, _ in batch for w in ws]
+            failures = await self._in_thread(write_and_sync, writes) if writes else []
+            results = self._statements(batch)
+        except Exception as exc:
+            self._deliver(batch, _commit_error(exc))
+            return
+
+        def committed(f: concurrent.futures.Future[None]) -> None:  # on the loop
+            exc = f.exception()
+            self._deliver(batch, (results, failures) if exc is None else _commit_error(exc))
+            done.set_result(None)
+
+        self._executor.submit(self.meta.commit).add_done_callback(
+            lambda f: loop.call_soon_threadsafe(committed, f)
+        )
+        await done
 
     def _commit_batch(self, batch: Batch) -> Outcome:
-        failures = write_and_sync([w for _, _, ws in batch for w in ws])
+        """A batch on the database thread: chunk writes, statements, COMMIT."""
+        failures = write_and_sync([w for _, _, ws, _ in batch for w in ws])
+        results = self._statements(batch)
+        self.meta.commit()
+        return results, failures
+
+    def _statements(self, batch: Batch) -> list[tuple[bool, Any]]:
+        """Begin the batch's transaction and run each mutation in its own savepoint: one that
+        fails is undone alone. The caller commits."""
         results: list[tuple[bool, Any]] = []
-        with self.meta.transaction():
-            for fn, _, _ in batch:
+        self.meta.begin()
+        try:
+            for fn, _, _, _ in batch:
                 try:
                     with self.meta.savepoint():
                         results.append((True, fn()))
                 except ClusterError as exc:
                     results.append((False, exc))
-        return results, failures
+        except BaseException:
+            self.meta.rollback()
+            raise
+        return results
 
-    def _deliver(self, batch: Batch, outcome: Outcome | Exception) -> None:
+    def _deliver(self, batch: Batch, outcome: Outcome | BaseException) -> None:
         """On the loop: a committed batch's results to its callers."""
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, BaseException):
             log.error("meta.commit_failed", error=str(outcome), ops=len(batch))
-            for _, fut, _ in batch:
+            for _, fut, _, _ in batch:
                 if not fut.done():
                     fut.set_exception(outcome)
             return
@@ -419,7 +466,7 @@ class Master:
         for vid, err in failures:
             log.warning("chunk.put_failed", volume=self.volumes[vid].path, error=str(err))
             self._volume_failed(self.volumes[vid], err)
-        for (ok, value), (_, fut, _) in zip(results, batch, strict=True):
+        for (ok, value), (_, fut, _, _) in zip(results, batch, strict=True):
             if fut.done():
                 continue
             if ok:
@@ -525,7 +572,7 @@ class Master:
                 return entry
 
             entry = await self._mutate(
-                commit, [w for w in written if isinstance(w, PendingWrite)]
+                commit, [w for w in written if isinstance(w, PendingWrite)], quick=True
             )
         except BaseException:
             await self._discard([_new_chunk(w) for w in written])
@@ -911,6 +958,14 @@ def _written(w: NewChunk | PendingWrite) -> NewChunk:
     if not w.mask:
         raise NotEnoughCopies(f"no copy of {w.key.name} could be written: no volume accepted it")
     return _new_chunk(w)
+
+
+def _commit_error(exc: BaseException) -> BaseException:
+    """What the callers of a batch whose commit failed get: SQLite's failures as
+    ``MetadataError`` (a full or failing metadata disk), anything else as it is."""
+    if isinstance(exc, sqlite3.Error):
+        return MetadataError(f"metadata commit failed: {exc}")
+    return exc
 
 
 def _new_chunk(w: NewChunk | PendingWrite) -> NewChunk:

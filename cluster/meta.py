@@ -163,18 +163,29 @@ class Meta:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.begin()
         try:
             yield
         except BaseException:
-            self._forget_dirs()
-            self.db.execute("ROLLBACK")
+            self.rollback()
             raise
+        self.commit()
+
+    def begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        """Commit (the WAL's fsync included); on failure nothing of the transaction stays."""
         try:
             self.db.execute("COMMIT")
         except BaseException:
-            self._forget_dirs()
+            self.rollback()
             raise
+
+    def rollback(self) -> None:
+        self._forget_dirs()
+        if self.db.in_transaction:  # a failed COMMIT may already have rolled back
+            self.db.execute("ROLLBACK")
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

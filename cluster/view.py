@@ -68,7 +68,16 @@ class View:
         try:
             await self._follow()
         finally:
+            # Its connection closed before the master returns (the metadata's files are then
+            # free: the folder can be unmounted or moved).
+            with contextlib.suppress(Exception):
+                await self._run(self._close)
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _close(self) -> None:
+        if self._meta is not None:
+            self._meta.db.close()
+            self._meta = None
 
     async def _follow(self) -> None:
         m = self.m

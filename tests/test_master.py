@@ -33,6 +33,7 @@ from cluster.errors import (
     InvalidPath,
     IsADirectory,
     MasterBusy,
+    MetadataError,
     NotADirectory,
     NotFound,
 )
@@ -716,6 +717,45 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True, timeout=10)
+
+
+def fill(folder: Path) -> Path:
+    """A file that takes every free byte of ``folder``'s filesystem."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+    return filler
+
+
+async def test_a_commit_on_a_full_metadata_disk_fails_whole_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The group commit's COMMIT (its WAL write and fsync) fails on a full disk: every put of
+    that batch fails with a clear error and none of them is visible; the files acknowledged
+    before stay; once there is room again, puts commit, and all of it holds after a restart."""
+    with tmpfs(tmp_path / "meta", "4m") as meta:
+        cfg = dataclasses.replace(cluster_cfg(tmp_path), meta_dir=meta)
+        kept = {f"/kept/{i}": data(300 + i, seed=i) for i in range(20)}
+        async with Master(cfg, background=False) as m:
+            for p, b in kept.items():
+                await m.put(p, b)
+            filler = fill(meta)
+            outcome = await asyncio.gather(
+                *(m.put(f"/lost/{i}", data(5000, seed=i)) for i in range(8)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, MetadataError) for o in outcome), outcome
+            assert "full" in str(outcome[0])
+            filler.unlink()
+            assert [e.path for e in await m.ls("/")] == [b"/kept"]
+            await m.put("/after", b"room again")
+            assert await check_refs(m) == []
+        async with Master(cfg, background=False) as m:
+            assert sorted(e.path for e in await m.ls("/")) == [b"/after", b"/kept"]
+            for p, b in kept.items():
+                assert await m.cat(p) == b
+            assert await m.cat("/after") == b"room again"
 
 
 async def test_full_volume(tmp_path: Path) -> None:
