@@ -740,6 +740,7 @@ async def test_a_commit_on_a_full_metadata_disk_fails_whole_and_loses_nothing(
         async with Master(cfg, background=False) as m:
             for p, b in kept.items():
                 await m.put(p, b)
+            copies = chunk_files(m)
             filler = fill(meta)
             outcome = await asyncio.gather(
                 *(m.put(f"/lost/{i}", data(5000, seed=i)) for i in range(8)),
@@ -747,6 +748,7 @@ async def test_a_commit_on_a_full_metadata_disk_fails_whole_and_loses_nothing(
             )
             assert all(isinstance(o, MetadataError) for o in outcome), outcome
             assert "full" in str(outcome[0])
+            assert chunk_files(m) == copies  # the failed puts' copies are removed
             filler.unlink()
             assert [e.path for e in await m.ls("/")] == [b"/kept"]
             await m.put("/after", b"room again")
