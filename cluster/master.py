@@ -392,7 +392,11 @@ class Master:
                 left = CHAIN
                 while left > 0 and self._queue:
                     if all(quick for *_, quick in self._queue):
-                        left = await self._commit_quick(left)
+                        try:
+                            left = await self._commit_quick(left)
+                        except Exception:  # a bug; its batch got the error
+                            log.exception("meta.committer_failed")
+                            left -= 1
                         continue
                     batch = self._take()
                     left -= 1
@@ -428,15 +432,20 @@ class Master:
 
             return callback
 
-        def guarded(fn: Callable[..., None], *args: Any) -> None:
+        def guarded(fn: Callable[..., None], f: Any, batch: Batch, *args: Any) -> None:
             try:
-                fn(*args)
-            except BaseException as exc:  # a bug: never leave the committer waiting
+                fn(f, batch, *args)
+            except Exception as exc:  # a bug: fail the batch, never leave anyone waiting
                 if not chain.done():
                     chain.set_exception(exc)
+                with contextlib.suppress(Exception):
+                    self.meta.rollback()  # the thread is done with the connection: safe here
+                    self._deliver(batch, exc)
 
         def start(left: int) -> None:
-            batch = self._take()
+            guarded(write, None, self._take(), left)
+
+        def write(_: None, batch: Batch, left: int) -> None:
             writes = [w for _, _, ws, _ in batch for w in ws]
             if writes:
                 self._executor.submit(write_and_sync, writes).add_done_callback(

@@ -978,6 +978,27 @@ async def test_group_commit_of_concurrent_puts(m: Master) -> None:
     assert await check_refs(m) == []
 
 
+async def test_a_bug_in_a_quick_commit_fails_its_batch_and_the_next_one_commits(m: Master) -> None:
+    """A mutation that raises something other than a cluster error (a bug) on the loop's
+    commit path: its whole group commit is undone and fails, nothing is left half-done, and
+    the master goes on committing."""
+    before = (await m.status())["changelog_last"]
+
+    def bug() -> None:
+        m.meta.mkdir((b"half",), 0o755)  # done, then undone with the rest of the batch
+        raise ZeroDivisionError("a bug")
+
+    outcome = await asyncio.gather(
+        m.put("/same-batch", b"x"), m._mutate(bug, quick=True), return_exceptions=True
+    )
+    assert all(isinstance(o, ZeroDivisionError) for o in outcome), outcome
+    assert (await m.status())["changelog_last"] == before
+    assert await m.ls("/") == []
+    await m.put("/after", b"y")
+    assert await m.cat("/after") == b"y"
+    assert await check_refs(m) == []
+
+
 # -- life cycle ------------------------------------------------------------------------------------
 
 
