@@ -446,7 +446,7 @@ class Master:
             guarded(write, None, self._take(), left)
 
         def write(_: None, batch: Batch, left: int) -> None:
-            writes = [w for _, _, ws, _ in batch for w in ws]
+            writes = _writes(batch)
             if writes:
                 self._executor.submit(write_and_sync, writes).add_done_callback(
                     then(written, batch, left)
@@ -491,7 +491,7 @@ class Master:
 
     def _commit_batch(self, batch: Batch) -> Outcome:
         """A batch on the database thread: chunk writes, statements, COMMIT."""
-        failures = write_and_sync([w for _, _, ws, _ in batch for w in ws])
+        failures = write_and_sync(_writes(batch))
         results = self._statements(batch)
         self.meta.commit()
         return results, failures
@@ -1017,6 +1017,11 @@ def _written(w: NewChunk | PendingWrite) -> NewChunk:
     if not w.mask:
         raise NotEnoughCopies(f"no copy of {w.key.name} could be written: no volume accepted it")
     return _new_chunk(w)
+
+
+def _writes(batch: Batch) -> list[PendingWrite]:
+    """The chunk copies a batch's committer writes before its statements."""
+    return [w for _, _, ws, _ in batch for w in ws]
 
 
 def _commit_error(exc: BaseException) -> BaseException:
