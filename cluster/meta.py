@@ -205,11 +205,12 @@ class Meta:
             self._made.clear()
 
     def _next(self, name: str, count: int = 1) -> int:
-        (value,) = self.db.execute(
-            "UPDATE counter SET value = value + ? WHERE name = ? RETURNING value - ?",
-            (count, name, count),
-        ).fetchone()
-        return int(value)
+        """The first of ``count`` fresh values of counter ``name``. Two statements, not one
+        ``UPDATE … RETURNING``: SQLite 3.40 runs RETURNING through a temporary table, ~29 µs
+        against ~7 µs for both (one per put, on the master's event loop)."""
+        self.db.execute("UPDATE counter SET value = value + ? WHERE name = ?", (count, name))
+        (value,) = self.db.execute("SELECT value FROM counter WHERE name = ?", (name,)).fetchone()
+        return int(value) - count
 
     def reserve_chunk_ids(self) -> range:
         """A block of chunk ids for this process; never handed out again, even after a crash."""

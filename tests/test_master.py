@@ -965,16 +965,34 @@ async def test_group_commit_of_concurrent_puts(m: Master) -> None:
     assert [e.seq for e in entries] == list(range(last + 2, last + 52))
     for p, b in bodies.items():
         assert await m.cat(p) == b
-    # One failing put in a shared commit fails alone.
+    # One failing put in a shared commit fails alone. The batch runs once without
+    # savepoints, is rolled back at the failure and runs again with them: the others are
+    # committed once, and a directory made by the first run is made again, not left cached.
     await m.put("/g/dir/x", b"x")
+    last = (await m.status())["changelog_last"]
+    commits = m.commits
     outcome = await asyncio.gather(
         m.put("/g/ok1", b"1"),
+        m.put("/g/new/ok2", b"2"),
         m.put("/g/dir", b"over a dir"),
-        m.put("/g/ok2", b"2"),
+        m.put("/g/new/ok3", b"3"),
         return_exceptions=True,
     )
-    assert isinstance(outcome[1], IsADirectory)
-    assert await m.cat("/g/ok1") == b"1" and await m.cat("/g/ok2") == b"2"
+    assert m.commits == commits + 1  # one shared commit
+    assert isinstance(outcome[2], IsADirectory)
+    assert [e.path for e in outcome if not isinstance(e, BaseException)] == [
+        b"/g/ok1", b"/g/new/ok2", b"/g/new/ok3"
+    ]
+    assert [(e.op, e.path) for e in await m.changes(last)] == [
+        ("put", b"/g/ok1"), ("mkdir", b"/g/new"), ("put", b"/g/new/ok2"),
+        ("put", b"/g/new/ok3"),
+    ]
+    assert await m.cat("/g/ok1") == b"1" and await m.cat("/g/new/ok2") == b"2"
+    assert await m.cat("/g/new/ok3") == b"3" and (await m.stat("/g/dir")).is_dir
+    await m.put("/g/new/ok4", b"4")  # the writer's directory cache holds the real /g/new
+    assert [e.path for e in await m.ls("/g/new")] == [
+        b"/g/new/ok2", b"/g/new/ok3", b"/g/new/ok4"
+    ]
     assert await check_refs(m) == []
 
 
