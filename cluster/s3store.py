@@ -66,6 +66,7 @@ from cluster.errors import (
     VolumeReadOnly,
     VolumeUnavailable,
 )
+from cluster.s3endpoint import cache_endpoints
 from cluster.store import ChunkKey, StoreStat
 from cluster.volume import MARKER, parse_name
 
@@ -151,6 +152,7 @@ class S3Connection:
             self._client = await stack.enter_async_context(
                 session.client("s3", endpoint_url=cfg.endpoint or None, config=config)
             )
+            cache_endpoints(self._client, session._session.get_component("data_loader"))
         except _ERRORS as exc:
             await stack.aclose()
             raise map_s3_error(exc, f"{cfg.name}: open") from None
