@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cluster import background, paths
+from cluster import background, paths, schema
 from cluster.changelog import ChangeFeed
 from cluster.config import ClusterConfig, VolumeConfig
 from cluster.errors import (
@@ -38,7 +38,7 @@ from cluster.errors import (
     NotFound,
 )
 from cluster.master import Master
-from cluster.meta import Chunk
+from cluster.meta import INODE_ID_BLOCK, Chunk, Meta
 from cluster.store import ChunkKey
 from cluster.view import VIEW
 from cluster.volume import LocalVolume
@@ -465,6 +465,27 @@ async def test_writer_directory_cache_is_never_stale(m: Master) -> None:
     assert await m.cat("/r/s/f") == b"5"
     assert [e.path for e in await m.walk("/r")] == [b"/r", b"/r/s", b"/r/s/f"]
     assert await check_refs(m) == []
+
+
+def test_inode_ids_reserved_by_a_rolled_back_transaction_are_never_reused(tmp_path: Path) -> None:
+    """Inode ids come from blocks reserved in the counter (``Meta._inode_id``). A block
+    reserved by a transaction that rolls back is forgotten with it: the counter went back,
+    so keeping the block would hand the same ids out twice."""
+    conn = schema.connect(tmp_path / "meta.db")
+    schema.init(conn)
+    meta = Meta(conn, 1, 86400)
+    with contextlib.suppress(NotFound), meta.transaction():
+        meta.mkdir((b"gone",), 0o755)  # reserves the block, then rolls back
+        raise NotFound("undo")
+    with contextlib.suppress(NotFound), meta.transaction(), meta.savepoint():
+        meta.mkdir((b"gone",), 0o755)  # the same, in a savepoint
+        raise NotFound("undo")
+    with meta.transaction():
+        for i in range(INODE_ID_BLOCK + 50):
+            meta.mkdir((b"d%03d" % i,), 0o755)
+    ids = [r[0] for r in conn.execute("SELECT id FROM inode")]
+    assert len(ids) == INODE_ID_BLOCK + 51 and len(set(ids)) == len(ids)
+    conn.close()
 
 
 async def test_reader_directory_cache_outlives_puts_not_directory_changes(m: Master) -> None:
