@@ -574,7 +574,10 @@ class Master:
             pending = pending[len(batch) :]
             for v in batch:
                 self.inflight.add((v.id, key.id))
-            for v, r in zip(batch, await _put_each(batch, key, data), strict=True):
+            results = await asyncio.gather(
+                *(v.store.put(key, data) for v in batch), return_exceptions=True
+            )
+            for v, r in zip(batch, results, strict=True):
                 if isinstance(r, StoreError):
                     log.warning("chunk.put_failed", volume=v.path, chunk=key.name, error=str(r))
                     self._volume_failed(v, r)
@@ -1014,18 +1017,6 @@ async def read_copy(
             continue
         return data, bad, failed
     return None, bad, failed
-
-
-async def _put_each(vols: list[Volume], key: ChunkKey, data: bytes) -> list[Any]:
-    """``key``'s copy on each of ``vols`` at once: None or the exception, for each. One
-    copy is awaited in place (a task and a gathering future cost ~30 µs of loop CPU)."""
-    if len(vols) == 1:
-        try:
-            await vols[0].store.put(key, data)
-        except Exception as exc:
-            return [exc]
-        return [None]
-    return await asyncio.gather(*(v.store.put(key, data) for v in vols), return_exceptions=True)
 
 
 def _written(w: NewChunk | PendingWrite) -> NewChunk:
