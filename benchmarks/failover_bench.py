@@ -94,6 +94,7 @@ for _p in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_p))
 
 from cluster_bench import make_files, quiet_logs  # noqa: E402
+from workload import machine_ticks  # noqa: E402
 
 from cluster.remote import RemoteCluster  # noqa: E402
 from cluster.volume import MARKER  # noqa: E402
@@ -173,13 +174,6 @@ def ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy in processes, all) clock ticks of all CPUs so far."""
-    with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:9]]
-    return v[0] + v[1] + v[2], sum(v)
-
-
 class CpuWatch:
     """Samples the CPU ticks of this process and all its descendants (the last value of a
     process that died is kept: ``sample`` is also called just before a kill or a stop), to
@@ -222,10 +216,9 @@ class CpuWatch:
         CpuWatch.current = None
 
     def other_share(self) -> float:
-        busy0, all0 = self.start_machine
-        busy1, all1 = machine_ticks()
+        m0, m1 = self.start_machine, machine_ticks()
         own = sum(self.last.values()) - self.start_own
-        return max(0.0, (busy1 - busy0) - own) / max(1, all1 - all0)
+        return max(0.0, (m1["tasks"] - m0["tasks"]) - own) / max(1, m1["all"] - m0["all"])
 
 
 @dataclasses.dataclass

@@ -83,7 +83,7 @@ for _p in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_p))
 
 from cluster_bench import File, make_files, quiet_logs  # noqa: E402
-from workload import KIB, MIB  # noqa: E402
+from workload import KIB, MIB, machine_ticks  # noqa: E402
 
 from cluster import schema  # noqa: E402
 from cluster.master import Master  # noqa: E402
@@ -409,15 +409,6 @@ class CpuMeter:
             g: sum(t - before[g].get(p, 0) for p, t in ticks.items()) / CLK_TCK
             for g, ticks in after.items()
         }
-
-
-def machine_ticks() -> dict[str, int]:
-    """Clock ticks of all CPUs so far (``/proc/stat``): busy in processes, in interrupts,
-    stolen by the hypervisor, and in total."""
-    with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return {"tasks": user + nice + system, "irq": irq + softirq, "steal": steal, "all": sum(v)}
 
 
 def children_cpu() -> float:

@@ -36,7 +36,10 @@ is warmed by fetching every URL once, then a warm-up run. Runs alternate local/r
 ``remote_origin_ratio`` is the median remote req/s ÷ the median local req/s (target ≥ 0.8).
 
 The LAST line is one JSON object: ``put_ratio``, ``get_ratio`` (tandem files/s ÷ anchor
-files/s; targets ≥ 0.9 each), ``remote_origin_ratio`` and the raw rates.
+files/s; targets ≥ 0.9 each), ``remote_origin_ratio``, the raw rates, and
+``machine_cpu_ms_per_file``: each side's CPU per file over its turns, the whole machine's
+(``/proc/stat``: the engine, the client and the kernel), which explains the put ratio — the
+machine runs near its ceiling on both sides, so the ratio follows the CPU each file costs.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ for _p in (REPO, REPO / "benchmarks", REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from workload import KIB, SIZE_MEDIAN, SIZE_SIGMA  # noqa: E402
+from workload import KIB, SIZE_MEDIAN, SIZE_SIGMA, machine_ticks  # noqa: E402
 
 TARGETS = {"put_ratio": 0.9, "get_ratio": 0.9, "remote_origin_ratio": 0.8}
 SIZE_MIN, SIZE_MAX = 4 * KIB, 200 * KIB
@@ -137,14 +140,20 @@ async def one_rep(sc: Any, cfg: Any, work: list[tuple[str, bytes]]) -> dict[str,
 
         fns = {"raw_put": raw_put, "put": put, "raw_get": raw_get, "get": get}
         spent = dict.fromkeys(fns, 0.0)
+        busy = dict.fromkeys(fns, 0)  # the whole machine's busy clock ticks (engine included)
         blocks = [work[i : i + BLOCK] for i in range(0, len(work), BLOCK)]
         for pair in (("raw_put", "put"), ("raw_get", "get")):
             for n, block in enumerate(blocks):
                 for name in pair if n % 2 == 0 else reversed(pair):
+                    t0 = machine_ticks()["tasks"]
                     spent[name] += await timed(block, fns[name])
+                    busy[name] += machine_ticks()["tasks"] - t0
         status = await m.status()
         assert status["files"] == len(work) and status["under_goal"] == 0, status
-    return {name: len(work) / t for name, t in spent.items()}
+    rates = {name: len(work) / t for name, t in spent.items()}
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    cpu = {f"{name}_cpu": busy[name] * tick_ms / len(work) for name in fns}
+    return rates | cpu
 
 
 def bucket(engine: Any) -> Any:
@@ -173,7 +182,7 @@ def throughput(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str,
     work = files(args.files, args.seed)
     mib = sum(len(d) for _, d in work) / (1 << 20)
     say(f"{len(work)} files, {mib:.1f} MiB, concurrency {CONCURRENCY}")
-    rows: dict[str, list[float]] = {k: [] for k in ("raw_put", "raw_get", "put", "get")}
+    rows: dict[str, list[float]] = {}
     for rep in range(args.reps):
         cfg = dataclasses.replace(
             origin_config.load(None).cluster,
@@ -182,10 +191,13 @@ def throughput(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str,
         )
         rates = asyncio.run(one_rep(base, cfg, work))
         raw_put, raw_get, put, get = (rates[k] for k in ("raw_put", "raw_get", "put", "get"))
-        for k, v in (("raw_put", raw_put), ("raw_get", raw_get), ("put", put), ("get", get)):
-            rows[k].append(v)
+        for k, v in rates.items():
+            rows.setdefault(k, []).append(v)
         say(f"rep {rep + 1}: put {put:7.0f} files/s vs raw {raw_put:7.0f} "
-            f"({put / raw_put:.2f}) | get {get:7.0f} vs raw {raw_get:7.0f} ({get / raw_get:.2f})")
+            f"({put / raw_put:.2f}) | get {get:7.0f} vs raw {raw_get:7.0f} ({get / raw_get:.2f})"
+            f" | machine CPU ms/file: put {rates['put_cpu']:.2f} vs raw "
+            f"{rates['raw_put_cpu']:.2f}, get {rates['get_cpu']:.2f} vs raw "
+            f"{rates['raw_get_cpu']:.2f}")
     med = {k: statistics.median(v) for k, v in rows.items()}
     out = {
         "files": len(work),
@@ -194,6 +206,9 @@ def throughput(args: argparse.Namespace, base: Any, work_dir: Path) -> dict[str,
         "put_files_s": round(med["put"]),
         "raw_get_files_s": round(med["raw_get"]),
         "get_files_s": round(med["get"]),
+        "machine_cpu_ms_per_file": {
+            k: round(med[f"{k}_cpu"], 2) for k in ("raw_put", "put", "raw_get", "get")
+        },
         "put_ratio": round(statistics.median(p / r for p, r in zip(rows["put"], rows["raw_put"],
                                                                       strict=True)), 3),
         "get_ratio": round(statistics.median(g / r for g, r in zip(rows["get"], rows["raw_get"],
