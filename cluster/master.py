@@ -556,8 +556,7 @@ class Master:
     def _candidates(self) -> list[Volume]:
         """Volumes that may take new copies, in placement order (``placement.order``)."""
         self._rotation += 1
-        vols = [v for v in self.volumes.values() if v.placeable]
-        return vols if len(vols) < 2 else placement.order(vols, self._rotation)
+        return placement.order((v for v in self.volumes.values() if v.placeable), self._rotation)
 
     async def _write_copies(
         self, key: ChunkKey, data: bytes, goal: int, candidates: list[Volume]

@@ -46,6 +46,8 @@ KINDS = ("local", "s3")  # placement order of the kinds
 def order(vols: Iterable[V], rotation: int = 0) -> list[V]:
     """``vols`` in placement order: kinds interleaved, least full first within a kind."""
     vols = list(vols)
+    if len(vols) < 2:  # one volume (or none): nothing to order, on every put
+        return vols
     groups: list[list[V]] = []
     for kind in KINDS:
         group = [v for v in vols if v.kind == kind]

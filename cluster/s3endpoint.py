@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger()
+log = structlog.get_logger("cluster")
 
 
 def unreferenced_params(rule_set: dict[str, Any]) -> set[str]:
