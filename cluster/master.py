@@ -611,7 +611,9 @@ class Master:
         assert self.reader is not None
         # On the loop (see ``self.reader``): the goal, and the version this put replaces (its
         # mtime decides the new one's; the commit checks again against the version it replaces).
-        goal, current = self.reader.put_context(parts)
+        # The writer's connection when nothing uses it: its pages stay cached across commits,
+        # where the reader's are dropped after each one (≈ 25 against ≈ 43 µs here).
+        goal, current = (self.reader if self._conn.locked() else self.meta).put_context(parts)
         digest = hashlib.sha256()
         # In file order: chunks already written and fsynced, or small ones the committer
         # writes with the batch (``batch.py``).

@@ -264,6 +264,14 @@ class Meta:
         Raises ``NotFound`` when a parent is missing, ``NotADirectory`` when one is a file."""
         if self._dirs is not None and parts:
             return self._walk_cached(parts)
+        made = self._made.get(parts[:-1]) if self._made and len(parts) > 1 else None
+        if made is not None:  # the writer, in a directory it resolved (its own view of it)
+            parent, goal, trash = made
+            row = self._row(parent, parts[-1])
+            if row is not None:
+                goal = int(row[7]) if row[7] is not None else goal
+                trash = int(row[8]) if row[8] is not None else trash
+            return row, parent, goal, trash
         row = self._row(0, b"")
         assert row is not None, "metadata has no root"
         goal = int(row[7]) if row[7] is not None else self.default_goal

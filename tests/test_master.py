@@ -521,6 +521,37 @@ async def test_reader_directory_cache_outlives_puts_not_directory_changes(m: Mas
     assert stat("/a/b/f3").size == 3
 
 
+async def test_a_puts_lookup_answers_the_same_on_the_writer_and_the_reader(m: Master) -> None:
+    """A put looks up its goal and the version it replaces on the writer's connection when
+    nothing uses it (through the directories the writer resolved, ``Meta._made``), else on
+    the reader's: both must give the same answer, whatever changed the directories."""
+    r = m.reader
+    assert r is not None
+    probes = ["/a/b/new", "/a/b/f1", "/a/b/own", "/a/new/f", "/x/f1", "/x/own", "/f0", "/z/y/x"]
+
+    async def same() -> None:
+        async with m._conn:  # as a put sees it: nothing else is using the writer
+            for p in probes:
+                parts = paths.parse(p)
+                assert m.meta.put_context(parts) == r.put_context(parts), p
+
+    await m.put("/f0", b"0")
+    await m.put("/a/b/f1", b"1")
+    await m.put("/a/b/own", b"2")
+    await m.setgoal("/a/b/own", 3)
+    await same()
+    await m.setgoal("/a", 2, recursive=False)
+    await same()
+    await m.mv("/a/b", "/x")
+    await same()
+    await m.put("/a/b/f1", b"again")  # /a/b made again, a new id
+    await same()
+    await m.settrashtime("/x", 7)
+    await m.rm("/a", recursive=True)
+    await same()
+    assert (m.meta.put_context(paths.parse("/x/own")))[0] == 3  # a file's own goal
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
