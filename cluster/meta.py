@@ -266,12 +266,7 @@ class Meta:
             return self._walk_cached(parts)
         made = self._made.get(parts[:-1]) if self._made and len(parts) > 1 else None
         if made is not None:  # the writer, in a directory it resolved (its own view of it)
-            parent, goal, trash = made
-            row = self._row(parent, parts[-1])
-            if row is not None:
-                goal = int(row[7]) if row[7] is not None else goal
-                trash = int(row[8]) if row[8] is not None else trash
-            return row, parent, goal, trash
+            return self._in_dir(*made, parts[-1])
         row = self._row(0, b"")
         assert row is not None, "metadata has no root"
         goal = int(row[7]) if row[7] is not None else self.default_goal
@@ -307,11 +302,16 @@ class Meta:
             parent = (prow, goal, trash)
             self._dirs[parts[:-1]] = parent
         prow, goal, trash = parent
-        row = self._row(int(prow[0]), parts[-1])
+        return self._in_dir(int(prow[0]), goal, trash, parts[-1])
+
+    def _in_dir(self, parent: int, goal: int, trash: int, name: bytes) -> tuple[Any, int, int, int]:
+        """``_walk``'s answer for ``name`` in a directory already resolved: its id and its
+        effective goal and trash time, which the entry's own override."""
+        row = self._row(parent, name)
         if row is not None:
             goal = int(row[7]) if row[7] is not None else goal
             trash = int(row[8]) if row[8] is not None else trash
-        return row, int(prow[0]), goal, trash
+        return row, parent, goal, trash
 
     def _uncached_walk(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
         dirs, self._dirs = self._dirs, None
