@@ -559,10 +559,12 @@ class Master:
         return placement.order((v for v in self.volumes.values() if v.placeable), self._rotation)
 
     async def _write_copies(
-        self, key: ChunkKey, data: bytes, goal: int, candidates: list[Volume]
+        self, key: ChunkKey, data: bytes, goal: int, candidates: list[Volume],
+        sha256: bytes | None,
     ) -> int:
-        """Write ``data`` to distinct ``candidates`` (in order) until their worth reaches the
-        goal (or the worth of every writable volume, when less); the copies mask."""
+        """Write ``data`` (whose SHA-256 is ``sha256``, when known) to distinct ``candidates``
+        (in order) until their worth reaches the goal (or the worth of every writable volume,
+        when less); the copies mask."""
         want = min(goal, placement.worth(candidates))
         if want == 0:
             raise NotEnoughCopies("no writable volume: every volume is full, read-only or missing")
@@ -574,7 +576,8 @@ class Master:
             for v in batch:
                 self.inflight.add((v.id, key.id))
             results = await asyncio.gather(
-                *(v.store.put(key, data) for v in batch), return_exceptions=True
+                *(v.store.put(key, data, sha256=sha256) for v in batch),
+                return_exceptions=True,
             )
             for v, r in zip(batch, results, strict=True):
                 if isinstance(r, StoreError):
@@ -624,7 +627,9 @@ class Master:
                 digest.update(piece)
                 size += len(piece)
                 key = ChunkKey(await self._next_chunk_id(), 1)
-                written.append(await self._place(key, piece, goal))
+                # The first chunk's SHA-256 is the file's so far: S3 signs with it (s3sign.py).
+                sha256 = None if written else digest.digest()
+                written.append(await self._place(key, piece, goal, sha256))
             mtime = distinct_mtime(
                 current, size, digest.digest(),
                 time.time_ns() if mtime_ns is None else mtime_ns,
@@ -677,12 +682,14 @@ class Master:
             if c.copies & v.bit and isinstance(v.store, LocalVolume):
                 v.store.set_mtime(ChunkKey(c.id, c.version), mtime_ns)
 
-    async def _place(self, key: ChunkKey, piece: bytes, goal: int) -> NewChunk | PendingWrite:
+    async def _place(
+        self, key: ChunkKey, piece: bytes, goal: int, sha256: bytes | None
+    ) -> NewChunk | PendingWrite:
         """Write a chunk's copies now, or leave a small one to the group commit."""
         candidates = self._candidates()
         stores = [(v.id, v.batch) for v in candidates if v.batch is not None]
         if len(piece) > BATCH_MAX or len(stores) < len(candidates):
-            mask = await self._write_copies(key, piece, goal, candidates)
+            mask = await self._write_copies(key, piece, goal, candidates, sha256)
             return NewChunk(key.id, key.version, len(piece), mask)
         want = min(goal, len(candidates))
         if want == 0:

@@ -67,6 +67,7 @@ from cluster.errors import (
     VolumeUnavailable,
 )
 from cluster.s3endpoint import cache_endpoints
+from cluster.s3sign import PAYLOAD_SHA256, sign_known_payloads
 from cluster.store import ChunkKey, StoreStat
 from cluster.volume import MARKER, parse_name
 
@@ -153,6 +154,7 @@ class S3Connection:
                 session.client("s3", endpoint_url=cfg.endpoint or None, config=config)
             )
             cache_endpoints(self._client, session._session.get_component("data_loader"))
+            sign_known_payloads(self._client)
         except _ERRORS as exc:
             await stack.aclose()
             raise map_s3_error(exc, f"{cfg.name}: open") from None
@@ -244,7 +246,10 @@ class S3Store:
 
     # -- put ------------------------------------------------------------------------------
 
-    async def put(self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None) -> None:
+    async def put(
+        self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None,
+        sha256: bytes | None = None,
+    ) -> None:
         obj = self.object_key(key)
         table = crc.table(data)
         meta: dict[str, str] = {}
@@ -261,7 +266,8 @@ class S3Store:
             if len(data) > self.cfg.multipart_threshold:
                 await self._multipart(obj, data, meta)
             else:
-                await s3.put_object(Bucket=bucket, Key=obj, Body=data, Metadata=meta)
+                known = {} if sha256 is None else {PAYLOAD_SHA256: sha256.hex()}
+                await s3.put_object(Bucket=bucket, Key=obj, Body=data, Metadata=meta, **known)
         except _ERRORS as exc:
             raise map_s3_error(exc, f"{self.name}: put {key.name}", write=True) from None
 

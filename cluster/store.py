@@ -6,7 +6,8 @@ A store holds immutable chunks named by ``ChunkKey`` (id, version). Every implem
 - ``put``: store the bytes (and ``mtime_ns``, the file's modification time, where the store
   can keep one: a local volume sets the chunk file's mtime, which the nginx fast path turns
   into ETag and Last-Modified); make the chunk durable before returning (a crash after
-  ``put`` returns keeps it);
+  ``put`` returns keeps it); ``sha256``, when the caller has it, is the SHA-256 of ``data``
+  (a store whose protocol hashes the payload, S3's request signing, uses it instead);
   ``get`` never returns bytes of a chunk whose put has not completed (it raises
   ``ChunkMissing`` or ``ChunkCorrupt``), though ``head``/``list`` may already show it —
   the master only reads chunks its committed metadata points at;
@@ -61,7 +62,10 @@ class ChunkStore(Protocol):
 
     name: str
 
-    async def put(self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None) -> None: ...
+    async def put(
+        self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None,
+        sha256: bytes | None = None,
+    ) -> None: ...
 
     async def get(self, key: ChunkKey, offset: int = 0, length: int | None = None) -> bytes: ...
 

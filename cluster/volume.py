@@ -179,7 +179,10 @@ class LocalVolume:
 
     # -- the store protocol -----------------------------------------------------------------
 
-    async def put(self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None) -> None:
+    async def put(
+        self, key: ChunkKey, data: bytes, *, mtime_ns: int | None = None,
+        sha256: bytes | None = None,
+    ) -> None:
         await asyncio.to_thread(self._write, key, data, mtime_ns, True)
 
     # -- the batch-write ability (``store.BatchWriter``) ----------------------------------------

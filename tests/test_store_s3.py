@@ -8,6 +8,7 @@ paging).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -57,6 +58,21 @@ async def test_layout_metadata_and_mtime(s3: S3Store) -> None:
     raw.close()
     assert await s3.mtime_ns(key) == 1_700_000_000_123_456_789
     assert await s3.mtime_ns(ChunkKey(1, 1)) is None
+
+
+async def test_put_signed_with_the_callers_sha256(s3: S3Store) -> None:
+    """The hash a put is given signs it (``cluster/s3sign.py``) in place of botocore's own:
+    the engine checks the body against it, so a wrong one fails the put and stores nothing,
+    and the right one stores the chunk. A put that gives none is signed by botocore."""
+    data = pattern(crc.BLOCK + 9, seed=5)
+    wrong = ChunkKey(41, 1)
+    with pytest.raises(StoreError):
+        await s3.put(wrong, data, sha256=hashlib.sha256(b"other bytes").digest())
+    assert await s3.head(wrong) is None
+    right = ChunkKey(42, 1)
+    await s3.put(right, data, sha256=hashlib.sha256(data).digest())
+    await s3.put(ChunkKey(43, 1), data)
+    assert await s3.get(right) == data == await s3.get(ChunkKey(43, 1))
 
 
 async def test_large_chunk_table_in_a_sidecar(s3: S3Store) -> None:
