@@ -6,6 +6,7 @@ when it returns, a damaged S3 object replaced."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -324,3 +325,24 @@ async def test_the_remote_origin_reads_a_whole_chunk_with_a_plain_get(
         assert await src._fetch(c, key, 0, c.size) == body
         assert await src._fetch(c, key, 10, 100) == body[10:110]
         assert [kw.get("Range") for kw in seen] == [None, f"bytes=0-{65536 - 1}"]  # CRC blocks
+
+
+async def test_a_put_gives_s3_the_hash_of_its_first_chunk(
+    tmp_path: Path, s3_base: S3Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master's SHA-256 of the file so far is the first chunk's: its PUT is signed with it
+    (``cluster/s3sign.py``); later chunks, whose hash the master has not, get none."""
+    given: list[tuple[int, bytes | None]] = []
+    put = S3Store.put
+
+    async def spy(self: S3Store, key: ChunkKey, data: bytes, **kw: Any) -> None:
+        given.append((len(data), kw.get("sha256")))
+        await put(self, key, data, **kw)
+
+    monkeypatch.setattr(S3Store, "put", spy)
+    cfg = cluster_cfg(tmp_path, 0, s3_volumes=(fresh(s3_base),), default_goal=1)
+    body = data(CHUNK * 2 + 11, seed=8)
+    async with Master(cfg, background=False) as m:
+        await m.put("/h/a.jpg", body)
+        assert await m.cat("/h/a.jpg") == body
+    assert given == [(CHUNK, hashlib.sha256(body[:CHUNK]).digest()), (CHUNK, None), (11, None)]
