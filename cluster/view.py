@@ -7,8 +7,10 @@ chunk (empty and multi-chunk files are served by the origin). The link *is* the 
 and every copy carries its file's mtime (``Master.put``, replication). The link for a path is
 replaced by ``rename``, so a reader sees the old or the new version, never a mix or nothing.
 
-The view follows the master's commits (in-process wake-up, no polling) and re-reads the
-metadata of every path a change touches, so applying a change twice, or late, is harmless.
+The view follows the master's commits (in-process wake-up, no polling): the first commit
+after a quiet spell at once, then one pass every ``BUSY_PAUSE`` while commits keep coming. It
+re-reads the metadata of every path a change touches, so applying a change twice, or late, is
+harmless; until a file's link is in place, nginx passes its requests to the origin.
 It is rebuilt on every start (which also clears leftovers of a crash) and every
 ``RECONCILE`` seconds. A chunk file removed from under a link (a bad copy dropped, an extra
 copy removed) leaves the link with one name: ``sweep`` finds such links and re-links the path.
@@ -44,6 +46,10 @@ T = TypeVar("T")
 VIEW = "view"  # the folder, inside each volume, that holds the view
 RECONCILE = 3600.0  # seconds between full rebuilds (a safety net: changes apply at once)
 PAGE = 1000
+#: Seconds between passes while commits keep coming. Each pass holds the GIL in bursts that
+#: the master's loop waits for: with a pass per commit, 3,000 puts ran at 750–810 files/s, with
+#: this pause at 960–1,010 (goal 1, three volumes, concurrency 8; 25 ms did as well as 100).
+BUSY_PAUSE = 0.025
 TMP = ".tandem-link."  # prefix of a link being put in place
 
 
@@ -93,6 +99,10 @@ class View:
                 vids, self.suspects = self.suspects, set()
                 await self._run(self._sweep, vids)
             if batch or m.commits != seen:
+                # Commits keep coming: let them gather before the next pass, so one pass (one
+                # hop to the view's thread, one read transaction) covers many. The first
+                # commit after a quiet spell is applied at once.
+                await asyncio.sleep(BUSY_PAUSE)
                 continue
             # Not ``wait_for``: on 3.11 it can swallow a cancel that meets the wake-up.
             with contextlib.suppress(TimeoutError):
