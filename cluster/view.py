@@ -25,7 +25,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -134,20 +134,38 @@ class View:
         log.info("view.rebuilt", upto=self.applied)
 
     def _apply_next(self) -> int:
-        changes = self.meta.changes(self.applied, PAGE)
-        # In order, each path once (its last state is what counts): a burst of puts to the
-        # same file costs one sync.
-        paths = dict.fromkeys(p for c in changes for p in touched(c))
-        for path in paths:
-            self.sync(path)
+        # One read transaction for the pass: the changes and the state of every path they touch.
+        with self._snapshot():
+            changes = self.meta.changes(self.applied, PAGE)
+            # In order, each path once (its last state is what counts): a burst of puts to the
+            # same file costs one sync.
+            paths = dict.fromkeys(p for c in changes for p in touched(c))
+            volumes = self._volumes()
+            for path in paths:
+                self.sync(path, volumes)
         if changes:
             self.applied = changes[-1].seq
         return len(changes)
 
-    def sync(self, path: bytes) -> None:
-        """Make the views of the tree at ``path`` match the metadata."""
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction around the block (one consistent state of the metadata), unless
+        one is open already."""
+        db = self.meta.db
+        if db.in_transaction:
+            yield
+            return
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
+
+    def sync(self, path: bytes, volumes: list[tuple[int, bytes]] | None = None) -> None:
+        """Make the views of the tree at ``path`` match the metadata (on ``volumes``, the
+        local ones that are readable, when the caller has them)."""
         want = self._servable(path)
-        for vid, root in self._volumes():
+        for vid, root in self._volumes() if volumes is None else volumes:
             bit = 1 << vid
             mine = {rel: key for rel, (key, copies, _) in want.items() if copies & bit}
             store = self.m.volumes[vid].store
@@ -162,16 +180,13 @@ class View:
         out: dict[bytes, tuple[ChunkKey, int, int]] = {}
         meta = self.meta
         try:
-            meta.db.execute("BEGIN")
-            try:
+            with self._snapshot():
                 for e in meta.walk(_parts(path)):
                     if servable(e):
                         (c,) = meta.chunks(e.chunks)
                         out[e.path[len(path.rstrip(b"/")):]] = (
                             ChunkKey(c.id, c.version), c.copies, e.mtime_ns
                         )
-            finally:
-                meta.db.execute("COMMIT")
         except NotFound:
             pass
         except ClusterError as exc:  # e.g. a parent that is now a file
@@ -186,7 +201,9 @@ class View:
         want: dict[bytes, tuple[ChunkKey, int, int]],
     ) -> None:
         have = _existing(top)
-        if not mine and os.path.isdir(top) and not os.path.islink(top):
+        if have is None:  # nothing there (one lstat): nothing to remove
+            have = {}
+        elif not mine and os.path.isdir(top) and not os.path.islink(top):
             shutil.rmtree(top, ignore_errors=True)  # a removed tree: its folders go too
             return
         for rel in have:
@@ -210,7 +227,7 @@ class View:
         for vid, root in self._volumes():
             if vid not in vids:
                 continue
-            stale = [rel for rel, n in _existing(root, nlink=True).items() if n == 1]
+            stale = [rel for rel, n in (_existing(root, nlink=True) or {}).items() if n == 1]
             for rel in stale:
                 self.sync(rel)
             if stale:
@@ -239,15 +256,16 @@ def _rel(path: bytes) -> bytes:
     return b"" if path == b"/" else path.rstrip(b"/")
 
 
-def _existing(top: bytes | str, *, nlink: bool = False) -> dict[bytes, int]:
+def _existing(top: bytes | str, *, nlink: bool = False) -> dict[bytes, int] | None:
     """Regular files under ``top`` (itself if it is one): path relative to ``top`` → inode
-    (or link count). Directories are walked; anything else is ignored."""
+    (or link count); None when there is nothing at ``top``. Directories are walked; anything
+    else is ignored."""
     top = os.fsencode(top)
     out: dict[bytes, int] = {}
     try:
         st = os.lstat(top)
     except FileNotFoundError:
-        return out
+        return None
     if stat.S_ISREG(st.st_mode):
         out[b""] = st.st_nlink if nlink else st.st_ino
         return out
