@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conformance import StoreConformance, flip_byte, pattern
 
-from cluster import crc
+from cluster import crc, volume
 from cluster.errors import ChunkCorrupt, ChunkMissing, VolumeUnavailable
 from cluster.store import ChunkKey
 from cluster.volume import MARKER, XATTR, LocalVolume
@@ -44,6 +44,22 @@ async def test_layout_and_crc_xattr(vol: LocalVolume) -> None:
     assert table == crc.table(data)
     assert not path.with_suffix(".crc").exists()  # small tables need no sidecar
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp left behind
+
+
+async def test_large_crc_table_in_a_sidecar(
+    vol: LocalVolume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(volume, "XATTR_MAX", 4)  # as if the chunk were over 32 MiB
+    key = ChunkKey(5, 1)
+    data = pattern(2 * crc.BLOCK + 1, seed=5)
+    await vol.put(key, data)
+    sidecar = Path(f"{vol.path_of(key)}.crc")
+    assert sidecar.read_bytes() == crc.table(data)
+    assert await vol.get(key) == data
+    assert await vol.get(key, crc.BLOCK + 3, 10) == data[crc.BLOCK + 3 : crc.BLOCK + 13]
+    sidecar.unlink()
+    with pytest.raises(ChunkCorrupt, match="no CRC table"):
+        await vol.get(key)
 
 
 async def test_missing_crc_table_is_corruption(vol: LocalVolume) -> None:
