@@ -21,7 +21,7 @@ from cluster.errors import AlreadyExists, InvalidPath, NotADirectory, NotFound, 
 from cluster.meta import Entry
 from cluster.remote import RemoteCluster
 from syncer.errors import Skipped
-from syncer.tree import Item, SourceChanged, read_lease
+from syncer.tree import Item, SourceChanged, just_created, read_lease
 
 PIECE = 1 << 20
 
@@ -118,6 +118,8 @@ async def _read(source: bytes, item: Item) -> AsyncIterator[bytes]:
     with f, read_lease(f.fileno(), source) as lease:
         if not _is(os.fstat(f.fileno()), item):
             raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
+        if just_created(item):
+            raise SourceChanged(f"{os.fsdecode(source)} is empty and just created")
         left = item.size
         while True:
             if lease.asked_back():  # a writer waits for this file (or another): let go

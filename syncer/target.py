@@ -41,6 +41,7 @@ from syncer.tree import (
     NotAFile,
     SourceChanged,
     item_of,
+    just_created,
     lstat_item,
     read_lease,
     sha256_file,
@@ -160,6 +161,8 @@ class DirectoryTarget:
                     raise NotAFile(f"{os.fsdecode(source)} is not a regular file")
                 if item is not None and found != item:
                     raise SourceChanged(f"{os.fsdecode(source)} changed before the copy")
+                if just_created(found):
+                    raise SourceChanged(f"{os.fsdecode(source)} is empty and just created")
                 self._write_tmp(rel, folder, tmp, lambda fd: _copy_fd(src, fd, found.size),
                                 found, fsync=False)
                 if not _is(os.fstat(src), found):

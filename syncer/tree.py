@@ -14,6 +14,7 @@ import hashlib
 import os
 import signal
 import stat
+import time
 from collections.abc import Iterator
 from typing import Literal, NamedTuple, Protocol
 
@@ -142,6 +143,22 @@ class Lease:
         return _breaks != self.breaks
 
 
+#: Nanoseconds an empty file counts as just created (``just_created``).
+JUST_CREATED_NS = 500_000_000
+
+
+def just_created(item: Item) -> bool:
+    """An empty file made within ``JUST_CREATED_NS``: perhaps one whose writer has created it
+    and not yet opened it for writing. The kernel reports the creation (inotify's
+    ``IN_CREATE``) before the writer's ``open`` holds write access, and in that instant a read
+    lease is granted on the empty file; copying it would expose an empty file under the final
+    name (seen once in 2,000 files at 200 files/s on a busy 2-core VM). Such a file is copied
+    on its writer's close, or once it is older."""
+    return item.kind == "file" and item.size == 0 and (
+        abs(time.time_ns() - item.mtime_ns) < JUST_CREATED_NS
+    )
+
+
 @contextlib.contextmanager
 def read_lease(fd: int, name: bytes) -> Iterator[Lease]:
     """Hold a read lease on ``fd`` (open read-only) while copying from it.
@@ -149,7 +166,8 @@ def read_lease(fd: int, name: bytes) -> Iterator[Lease]:
     The kernel grants a read lease only while no process has the file open for writing, and
     holds back a writer's ``open`` until the lease is let go (at most
     ``/proc/sys/fs/lease-break-time`` seconds): what is read under it is a state the file
-    had after a ``close``. A file open for writing raises ``SourceChanged`` (its writer's
+    had after a ``close`` — except in the instant between a file's creation and its writer's
+    ``open`` (``just_created``). A file open for writing raises ``SourceChanged`` (its writer's
     close brings it back). Where a lease cannot be had (neither the file's owner nor
     CAP_LEASE, a filesystem without leases) nothing is held, and the size and mtime checks
     around the copy are the only guard."""

@@ -6,10 +6,12 @@ and ``sync full`` with and without ``--checksum``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -194,6 +196,29 @@ def test_a_file_growing_while_copied_is_never_seen_half_written(site: Site) -> N
         watcher.join()
     assert bad == [], f"target seen with sizes that were never closed: {sorted(set(bad))}"
     assert target.read_bytes() == content
+
+
+def test_a_file_created_then_opened_later_is_never_mirrored_empty(site: Site) -> None:
+    """The kernel reports a file's creation before its writer's ``open`` holds write access,
+    and in that instant a read lease can be had on the empty file (``tree.just_created``).
+    ``os.mknod`` makes that instant last: the file exists, empty and open by nobody, until its
+    writer opens it 0.3 s later. The target must never show it empty, and ends with it whole."""
+    write(site.src / "news/first.html", b"<p>first</p>")
+    site.start()
+    site.converge()
+    path, target = site.src / "news/slow.html", site.dst / "news/slow.html"
+    os.mknod(path, 0o644 | stat.S_IFREG)
+    seen_empty = False
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            seen_empty |= target.stat().st_size == 0
+        time.sleep(0.002)
+    with open(path, "wb") as f:
+        f.write(b"<p>whole</p>")
+    site.converge()
+    assert not seen_empty
+    assert target.read_bytes() == b"<p>whole</p>"
 
 
 def test_same_size_rewrite_with_old_mtime(site: Site) -> None:

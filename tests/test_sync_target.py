@@ -14,6 +14,7 @@ from test_master import tmpfs
 
 from syncer.errors import Skipped, TargetError
 from syncer.target import TMP, DeletePolicy, DirectoryTarget
+from syncer.tree import SourceChanged
 
 MTIME = 1_600_000_000_123_456_789
 
@@ -156,3 +157,21 @@ def test_read_only_target_raises_retryable(tmp_path: Path) -> None:
             subprocess.run(["mount", "-o", "remount,rw", str(ro)], check=True, timeout=10)
         t.write(b"a.txt", [b"b"], mtime_ns=MTIME, mode=0o644)  # writable again: it works
         assert (ro / "a.txt").read_bytes() == b"b"
+
+
+def test_an_empty_file_just_created_is_not_copied_yet(tmp_path: Path) -> None:
+    """It may be one whose writer has not opened it yet (``tree.just_created``): nothing is
+    staged. Once older, an empty file is copied like any other."""
+    root = tmp_path / "dst"
+    root.mkdir()
+    t = DirectoryTarget(root)
+    empty = tmp_path / "empty.txt"
+    empty.touch()
+    with pytest.raises(SourceChanged, match="just created"):
+        t.stage_copy(b"empty.txt", os.fsencode(empty))
+    assert t.staged() == 0 and list(root.iterdir()) == []
+    os.utime(empty, ns=(MTIME, MTIME))
+    t.stage_copy(b"empty.txt", os.fsencode(empty))
+    t.commit()
+    assert (root / "empty.txt").read_bytes() == b""
+    assert (root / "empty.txt").stat().st_mtime_ns == MTIME
