@@ -131,6 +131,12 @@ def unpack_ids(blob: bytes | None) -> tuple[int, ...]:
 
 
 _ROW = "id, kind, mode, mtime, size, hash, chunks, goal, trash_time"
+#: An entry by (parent, name) with the counter 'dirs', in one snapshot (``_walk_cached``).
+_PROBE = (
+    "SELECT c.value, i.id, i.kind, i.mode, i.mtime, i.size, i.hash, i.chunks, i.goal, "
+    "i.trash_time FROM counter AS c LEFT JOIN inode AS i ON i.parent = ? AND i.name = ? "
+    "WHERE c.name = 'dirs'"
+)
 
 
 class Meta:
@@ -285,24 +291,61 @@ class Meta:
         return row, parent, goal, trash
 
     def _walk_cached(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
-        assert self._dirs is not None
+        hit = self._dirs.get(parts[:-1]) if self._dirs else None
+        if hit is not None:
+            # The usual case, in one statement: the entry in a cached directory, and the
+            # counter that says whether the cache still holds.
+            prow, goal, trash = hit
+            found = self.db.execute(_PROBE, (int(prow[0]), parts[-1])).fetchone()
+            if found is not None and (found[0],) == self._version:
+                row = None if found[1] is None else found[1:]
+                if row is not None:
+                    goal = int(row[7]) if row[7] is not None else goal
+                    trash = int(row[8]) if row[8] is not None else trash
+                return row, int(prow[0]), goal, trash
+        prow, goal, trash = self._cached_dir(parts[:-1])
+        return self._in_dir(int(prow[0]), goal, trash, parts[-1])
+
+    def _cached_dir(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int]:
+        """The directory at ``parts`` (its row, effective goal and trash time) from the cache,
+        resolving from its deepest cached ancestor the levels the cache lacks and caching
+        each: a put into a new folder costs one lookup per new level, not a walk from the
+        root. Raises ``NotFound``/``NotADirectory`` for the first level that is missing or a
+        file; the levels above it stay cached (``put_context`` reads the goal there)."""
+        dirs = self._dirs
+        assert dirs is not None
         version = self.db.execute("SELECT value FROM counter WHERE name = 'dirs'").fetchone()
         if version is None:  # metadata from before the counter: any commit may be the one
             version = ("commit", *self.db.execute("PRAGMA data_version").fetchone())
-        if version != self._version or len(self._dirs) > 65536:
-            self._dirs.clear()
+        if version != self._version or len(dirs) > 65536:
+            dirs.clear()
             self._version = version
-        parent = self._dirs.get(parts[:-1])
-        if parent is None:
-            prow, _, goal, trash = self._uncached_walk(parts[:-1])
-            if prow is None:
-                raise NotFound(f"no such directory: {show(join(parts[:-1]))}")
-            if prow[1] != Kind.DIR:
-                raise NotADirectory(f"not a directory: {show(join(parts[:-1]))}")
-            parent = (prow, goal, trash)
-            self._dirs[parts[:-1]] = parent
-        prow, goal, trash = parent
-        return self._in_dir(int(prow[0]), goal, trash, parts[-1])
+        hit = dirs.get(parts)
+        if hit is not None:
+            return hit
+        depth = len(parts) - 1
+        while depth >= 0 and parts[:depth] not in dirs:
+            depth -= 1
+        if depth < 0:
+            root = self._row(0, b"")
+            assert root is not None, "metadata has no root"
+            goal = int(root[7]) if root[7] is not None else self.default_goal
+            trash = int(root[8]) if root[8] is not None else self.default_trash_time
+            dirs[()] = hit = (root, goal, trash)
+            depth = 0
+        else:
+            hit = dirs[parts[:depth]]
+        for i in range(depth, len(parts)):
+            prow, goal, trash = hit
+            row = self._row(int(prow[0]), parts[i])
+            if row is None:
+                raise NotFound(f"no such directory: {show(join(parts[: i + 1]))}")
+            if row[1] != Kind.DIR:
+                raise NotADirectory(f"not a directory: {show(join(parts[: i + 1]))}")
+            goal = int(row[7]) if row[7] is not None else goal
+            trash = int(row[8]) if row[8] is not None else trash
+            dirs[parts[: i + 1]] = hit = (row, goal, trash)
+        return hit
 
     def _in_dir(self, parent: int, goal: int, trash: int, name: bytes) -> tuple[Any, int, int, int]:
         """``_walk``'s answer for ``name`` in a directory already resolved: its id and its
@@ -312,13 +355,6 @@ class Meta:
             goal = int(row[7]) if row[7] is not None else goal
             trash = int(row[8]) if row[8] is not None else trash
         return row, parent, goal, trash
-
-    def _uncached_walk(self, parts: tuple[bytes, ...]) -> tuple[Any, int, int, int]:
-        dirs, self._dirs = self._dirs, None
-        try:
-            return self._walk(parts)
-        finally:
-            self._dirs = dirs
 
     @staticmethod
     def _entry(path: bytes, row: Any, goal: int, trash: int) -> Entry:
@@ -451,11 +487,24 @@ class Meta:
         and what is there now (None when nothing is)."""
         try:
             row, _, goal, trash = self._walk(parts)
-        except (NotFound, NotADirectory):  # a folder still to be made: the ancestors' goal
+        except NotFound:  # a folder still to be made: the ancestors' goal
+            return self._nearest_goal(parts), None
+        except NotADirectory:  # the put fails at its commit; the goal it would have had
             return self.effective_goal(parts), None
         if row is None:
             return goal, None
         return goal, self._entry(join(parts), row, goal, trash)
+
+    def _nearest_goal(self, parts: tuple[bytes, ...]) -> int:
+        """``effective_goal`` after a walk of ``parts`` found a folder missing: with the
+        directory cache, the walk left every existing level cached; the deepest has the goal."""
+        if self._dirs is None:
+            return self.effective_goal(parts)
+        depth = len(parts) - 1
+        while depth > 0 and parts[:depth] not in self._dirs:
+            depth -= 1
+        hit = self._dirs.get(parts[:depth])
+        return self.effective_goal(parts) if hit is None else hit[1]
 
     def effective_goal(self, parts: tuple[bytes, ...]) -> int:
         """The goal a new file at ``parts`` gets: its own, else its nearest ancestor's (the

@@ -521,13 +521,36 @@ async def test_reader_directory_cache_outlives_puts_not_directory_changes(m: Mas
     assert stat("/a/b/f3").size == 3
 
 
+async def test_a_reader_resolves_a_new_folder_from_its_deepest_cached_ancestor(m: Master) -> None:
+    """A lookup under folders the reader has not seen resolves only the levels its cache
+    lacks and caches each of them; a missing level or a file on the way is named."""
+    r = m.reader
+    assert r is not None
+    await m.put("/s/t/u/f", b"1")
+    await m.setgoal("/s/t", 3)
+    assert r.stat(paths.parse("/s/t/u/f")).effective_goal == 3
+    assert {(b"s",), (b"s", b"t"), (b"s", b"t", b"u")} <= set(r._dirs or {})
+    await m.put("/s/t/v/f", b"2")
+    r._dirs = {k: v for k, v in (r._dirs or {}).items() if k != (b"s", b"t", b"u")}
+    assert r.stat(paths.parse("/s/t/v/f")).effective_goal == 3
+    assert (b"s", b"t", b"v") in (r._dirs or {})
+    with pytest.raises(NotFound, match=r"no such directory: /s/t/w$"):
+        r.stat(paths.parse("/s/t/w/x/f"))
+    assert r.put_context(paths.parse("/s/t/w/x/f")) == (3, None)
+    with pytest.raises(NotADirectory, match=r"not a directory: /s/t/v/f$"):
+        r.stat(paths.parse("/s/t/v/f/g"))
+
+
 async def test_a_puts_lookup_answers_the_same_on_the_writer_and_the_reader(m: Master) -> None:
     """A put looks up its goal and the version it replaces on the writer's connection when
     nothing uses it (through the directories the writer resolved, ``Meta._made``), else on
     the reader's: both must give the same answer, whatever changed the directories."""
     r = m.reader
     assert r is not None
-    probes = ["/a/b/new", "/a/b/f1", "/a/b/own", "/a/new/f", "/x/f1", "/x/own", "/f0", "/z/y/x"]
+    probes = [
+        "/a/b/new", "/a/b/f1", "/a/b/own", "/a/new/f", "/x/f1", "/x/own", "/f0", "/z/y/x",
+        "/a/b/c/d/new", "/x/own/f", "/f0/g",
+    ]
 
     async def same() -> None:
         async with m._conn:  # as a put sees it: nothing else is using the writer
