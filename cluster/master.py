@@ -52,7 +52,7 @@ from cluster.errors import (
 )
 from cluster.meta import Chunk, Entry, Meta, NewChunk, distinct_mtime
 from cluster.store import BatchWriter, CachedReader, ChunkKey, ChunkStore
-from cluster.view import View
+from cluster.view import View, take_clean
 from cluster.volume import LocalVolume
 
 if TYPE_CHECKING:
@@ -184,6 +184,11 @@ class Master:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.view is not None:
+            try:
+                await self._in_thread(self.view.leave_clean)
+            except OSError as exc:  # the next start rebuilds the views
+                log.warning("view.clean_stop_failed", error=str(exc))
         if self.reader is not None:  # first: the writer's close then checkpoints the WAL
             self.reader.db.close()
         await self._db(self.meta.db.close)
@@ -232,13 +237,16 @@ class Master:
         self._tasks.append(asyncio.create_task(self._committer(), name="committer"))
         await self._open_volumes()
         self._ids = await self._db(self.meta.reserve_chunk_ids)
+        # Taken whether or not this run keeps the view: a run without it changes the
+        # namespace under the views, and the next run with it must rebuild them.
+        clean = await self._in_thread(take_clean, self.cfg.meta_dir)
+        if self.cfg.view and any(v.kind == "local" for v in self.volumes.values()):
+            self.view = View(self, clean)  # hard links onto local chunk files: none without one
+            self._tasks.append(asyncio.create_task(self.view.run(), name="view"))
         if self.background:
             from cluster.background import start
 
             self._tasks.extend(start(self))
-        if self.cfg.view and any(v.kind == "local" for v in self.volumes.values()):
-            self.view = View(self)  # hard links onto local chunk files: none without one
-            self._tasks.append(asyncio.create_task(self.view.run(), name="view"))
         log.info(
             "master.started",
             meta=str(self.cfg.meta_dir),

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 from test_master import cluster_cfg, copy_path, data
 
 from cluster import background
 from cluster.master import Master
 from cluster.meta import NS, Entry
-from cluster.view import TMP, view_root
+from cluster.view import CLEAN, TMP, view_root
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,6 +163,50 @@ async def test_a_dropped_bad_copy_is_unlinked_and_never_served(m: Master) -> Non
     await settle(m, lambda: victim not in linked(m, "/images/bad.jpg"))
     for vid in linked(m, "/images/bad.jpg"):
         assert link(m, vid, "/images/bad.jpg").read_bytes() == body
+
+
+def view_starts(logs: list[MutableMapping[str, Any]]) -> list[str]:
+    return [e["event"] for e in logs if e["event"] in ("view.rebuilt", "view.resumed")]
+
+
+async def start_and_stop(cfg: Any, logs: list[MutableMapping[str, Any]]) -> None:
+    """Run a master until its view has started (rebuilt or resumed), then stop it."""
+    before = len(view_starts(logs))
+    async with Master(cfg, background=False) as m:
+        await settle(m, lambda: len(view_starts(logs)) > before)
+
+
+async def test_a_clean_stop_lets_the_next_start_resume_instead_of_rebuilding(
+    tmp_path: Path,
+) -> None:
+    """A clean stop records where the views are (``view.clean``); the next start takes the
+    file away before anything else (a crash while running leaves none: it rebuilds) and
+    applies only the changes since. Other volumes, or a changelog that no longer holds those
+    changes, mean a rebuild."""
+    cfg = cluster_cfg(tmp_path)
+    clean = cfg.meta_dir / CLEAN
+    # One capture for the whole test: loggers are cached on first use.
+    with structlog.testing.capture_logs() as logs:
+        async with Master(cfg, background=False) as m:
+            await m.put("/a.txt", b"a")
+            await settle(m, lambda: bool(linked(m, "/a.txt")))
+        assert clean.exists()
+        async with Master(cfg, background=False) as m:
+            assert not clean.exists(), "a running master must leave no clean-stop record"
+            await m.put("/b.txt", b"b")  # changes after a resume are followed as ever
+            await settle(m, lambda: bool(linked(m, "/b.txt")) and bool(linked(m, "/a.txt")))
+        assert view_starts(logs) == ["view.rebuilt", "view.resumed"]
+
+        fewer = dataclasses.replace(cfg, volumes=cfg.volumes[:2])
+        state = json.loads(clean.read_text())
+        for run_cfg, left in (
+            (fewer, state),
+            (cfg, {**state, "applied": -5}),  # the changes since were trimmed
+            (cfg, "{not json"),
+        ):
+            clean.write_text(left if isinstance(left, str) else json.dumps(left))
+            await start_and_stop(run_cfg, logs)
+    assert view_starts(logs) == ["view.rebuilt", "view.resumed"] + ["view.rebuilt"] * 3
 
 
 async def test_restart_rebuilds_the_view_and_clears_leftovers(tmp_path: Path) -> None:
