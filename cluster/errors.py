@@ -16,6 +16,7 @@
     │   ├── VolumeReadOnly            EROFS / EACCES on write (retryable elsewhere)
     │   └── VolumeUnavailable         the volume directory is gone or unreadable (retryable)
     ├── NotEnoughCopies               no healthy copy could be written or read
+    ├── GoalChanged                   internal: a put placed its copies for a lower goal
     ├── ChangelogTrimmed              a cursor fell behind retention: the consumer must rescan
     ├── MasterBusy                    another process holds the master lock
     ├── Unauthorized                  the master's HTTP API wants a (valid) bearer token
@@ -95,6 +96,16 @@ class VolumeUnavailable(StoreError):
 
 class NotEnoughCopies(ClusterError):
     status = 503
+
+
+class GoalChanged(ClusterError):
+    """A put's copies were placed for a goal read from the writer's folder cache, and the
+    path's goal is higher (the file it replaces has its own). Never leaves ``Master.put``,
+    which places the copies again for ``goal``."""
+
+    def __init__(self, goal: int) -> None:
+        super().__init__(f"the path's goal is {goal}")
+        self.goal = goal
 
 
 class MetadataError(ClusterError):

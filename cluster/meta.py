@@ -22,6 +22,7 @@ from typing import Any
 from cluster.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
+    GoalChanged,
     InvalidArgument,
     IsADirectory,
     NotADirectory,
@@ -482,6 +483,14 @@ class Meta:
         self._mkdirs(parts, mode, now)
         return self.stat(parts)
 
+    def folder_goal(self, parts: tuple[bytes, ...]) -> int | None:
+        """The goal of the folder a put at ``parts`` goes into, from the directories the
+        writer resolved (``_made``; safe to read from another thread), or None. Not the
+        file's own goal, if it exists and has one: ``commit_put`` checks that."""
+        made = self._made
+        hit = made.get(parts[:-1]) if made else None
+        return None if hit is None else hit[1]
+
     def put_context(self, parts: tuple[bytes, ...]) -> tuple[int, Entry | None]:
         """For a put at ``parts``, in one walk: the goal the new file gets (``effective_goal``)
         and what is there now (None when nothing is)."""
@@ -532,9 +541,12 @@ class Meta:
         mtime_ns: int,
         chunks: list[NewChunk],
         goal: int,
+        folder_goal: bool = False,
     ) -> Entry:
         """Make a written file visible: its chunks, its entry, the old version into trash.
-        The stored mtime may differ from ``mtime_ns``: see ``distinct_mtime``."""
+        The stored mtime may differ from ``mtime_ns``: see ``distinct_mtime``. With
+        ``folder_goal``, ``goal`` is the folder's (``folder_goal``): ``GoalChanged`` when the
+        file replaced has a higher goal of its own, its own goal when lower."""
         if not parts:
             raise IsADirectory("cannot put onto the root directory")
         parent, eff_goal, eff_trash = self._mkdirs(parts[:-1], 0o755, time.time_ns())
@@ -545,6 +557,10 @@ class Meta:
             # A file's own goal and trash time stay with the path across overwrites.
             file_goal = int(old[7]) if old[7] is not None else None
             file_trash = int(old[8]) if old[8] is not None else None
+            if folder_goal and file_goal is not None:
+                if file_goal > goal:
+                    raise GoalChanged(file_goal)
+                goal = file_goal  # fewer copies wanted than written: the extra ones go later
             old_entry = self._entry(
                 join(parts), old,
                 eff_goal if file_goal is None else file_goal,

@@ -1167,6 +1167,28 @@ async def test_overwrite_keeps_the_files_own_goal_and_trash_time(m: Master) -> N
     assert t.expires - t.deleted == 60  # the old version kept the file's own trash time
 
 
+async def test_a_put_into_a_cached_folder_keeps_the_replaced_files_own_goal(m: Master) -> None:
+    """A put into a folder the writer has cached takes the folder's goal without a lookup
+    (``Meta.folder_goal``); its commit then meets the replaced file's own goal: for a higher
+    one the copies are placed again (all at once, before the put returns), a lower one is the
+    chunk's goal."""
+    await m.put("/own/hi", b"one")
+    await m.put("/own/lo", b"one")
+    await m.setgoal("/own/hi", 3)
+    await m.setgoal("/own/lo", 1)
+    await m.put("/own/other", b"x")  # the folder is cached again
+    assert m.meta.folder_goal(paths.parse("/own/hi")) == 2
+    await m.put("/own/hi", b"two")
+    assert await copies(m, "/own/hi") == [{0, 1, 2}]
+    await m.put("/own/lo", b"two")
+    _, (info,) = await m.fileinfo("/own/lo")
+    assert info.chunk.goal == 1
+    for p in ("/own/hi", "/own/lo"):
+        assert await m.cat(p) == b"two"
+    assert await check_refs(m) == []
+    assert await background.orphan_pass(m, remove=False) == 0  # the first placement's copies
+
+
 async def test_the_scrubber_keeps_its_rate_and_does_not_race_to_catch_up() -> None:
     """``background.Pace``: 2 MiB counted at 10 MiB/s take ~0.2 s (it naps, ≤ NAP early);
     after a stall far behind schedule, the next 2 MiB still take ≥ 0.2 s - NAP, not nothing."""
