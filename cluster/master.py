@@ -53,7 +53,8 @@ from cluster.errors import (
 )
 from cluster.meta import Chunk, Entry, Meta, NewChunk, distinct_mtime
 from cluster.store import BatchWriter, CachedReader, ChunkKey, ChunkStore
-from cluster.view import View, take_clean
+from cluster.view import take_clean
+from cluster.viewproc import ViewProcess
 from cluster.volume import LocalVolume
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class Master:
         self.stats: dict[str, Any] = {}
         self.changed = asyncio.Event()  # set after every commit (in-process change feed)
         self.commits = 0  # commits so far: compare before waiting on ``changed``
-        self.view: View | None = None
+        self.view: ViewProcess | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meta")
         self._queue: collections.deque[
             tuple[Callable[[], Any], asyncio.Future[Any], list[PendingWrite], bool]
@@ -185,11 +186,8 @@ class Master:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self.view is not None:
-            try:
-                await self._in_thread(self.view.leave_clean)
-            except OSError as exc:  # the next start rebuilds the views
-                log.warning("view.clean_stop_failed", error=str(exc))
+        if self.view is not None:  # after every commit: it catches up, records a clean stop
+            await self.view.stop()
         if self.reader is not None:  # first: the writer's close then checkpoints the WAL
             self.reader.db.close()
         await self._db(self.meta.db.close)
@@ -242,8 +240,9 @@ class Master:
         # namespace under the views, and the next run with it must rebuild them.
         clean = await self._in_thread(take_clean, self.cfg.meta_dir)
         if self.cfg.view and any(v.kind == "local" for v in self.volumes.values()):
-            self.view = View(self, clean)  # hard links onto local chunk files: none without one
-            self._tasks.append(asyncio.create_task(self.view.run(), name="view"))
+            # Hard links onto local chunk files (none without one), kept by a process of its own.
+            self.view = ViewProcess(self, clean)
+            await self.view.start()
         if self.background:
             from cluster.background import start
 
@@ -356,6 +355,8 @@ class Master:
         if vol.state != state:
             log.warning("volume.state", volume=vol.path, old=vol.state, new=state, reason=reason)
             vol.state, vol.reason, vol.since = state, reason, time.monotonic()
+            if self.view is not None:
+                self.view.volumes_changed()
 
     def _volume_failed(self, vol: Volume, exc: StoreError) -> None:
         if isinstance(exc, VolumeFull):
@@ -552,6 +553,8 @@ class Master:
         self.commits += 1
         self.changed.set()
         self.changed.clear()
+        if self.view is not None:
+            self.view.wake()
 
     async def _next_chunk_id(self) -> int:
         if self._id_pos >= len(self._ids):
@@ -832,9 +835,7 @@ class Master:
     def forget_links(self, vols: list[Volume]) -> None:
         """Chunk files were removed from these volumes: their view links must be redone."""
         if self.view is not None:
-            self.view.suspects.update(v.id for v in vols)
-            self.changed.set()
-            self.changed.clear()
+            self.view.sweep({v.id for v in vols})
 
     async def cat(self, path: bytes | str, offset: int = 0, length: int | None = None) -> bytes:
         return b"".join([p async for p in self.read(path, offset, length)])

@@ -250,8 +250,7 @@ class Migration:
             m.migration = None
             self._relink(force=True)
         if isinstance(self.dst.store, LocalVolume) and m.view is not None and r.migrated:
-            view = m.view
-            await view._run(view.rebuild)  # link the new copies into the destination's view
+            await m.view.rebuild()  # link the new copies into the destination's view
         log.info("migrate.finished", src=self.src.path, dst=self.dst.path, move=self.move,
                  migrated=r.migrated, failed=len(r.failed), aborted=r.aborted or None)
         self._emit()

@@ -7,8 +7,10 @@ chunk (empty and multi-chunk files are served by the origin). The link *is* the 
 and every copy carries its file's mtime (``Master.put``, replication). The link for a path is
 replaced by ``rename``, so a reader sees the old or the new version, never a mix or nothing.
 
-The view follows the master's commits (in-process wake-up, no polling): the first commit
-after a quiet spell at once, then one pass every ``BUSY_PAUSE`` while commits keep coming. It
+The view is kept by a process of its own (``viewproc.py``), so that its work never waits for
+the master's GIL nor holds it. It follows the master's commits (a wake-up through a pipe, no
+polling): the first commit after a quiet spell at once, then one pass every ``BUSY_PAUSE``
+while commits keep coming. It
 re-reads the metadata of every path a change touches, so applying a change twice, or late, is
 harmless; until a file's link is in place, nginx passes its requests to the origin.
 It is rebuilt on start (which also clears leftovers of a crash) and every ``RECONCILE``
@@ -20,21 +22,20 @@ minutes of disk work. Any other start (after a crash, after a run without the vi
 other volumes) rebuilds. A chunk file removed from under a link (a bad copy dropped, an extra
 copy removed) leaves the link with one name: ``sweep`` finds such links and re-links the path.
 
-Everything here blocks; it runs on the view's own thread, never on the master's loop.
+Everything here blocks; it runs in the view process, never in the master.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -42,20 +43,15 @@ from cluster import schema
 from cluster.errors import ClusterError, NotFound
 from cluster.meta import Change, Entry, Meta
 from cluster.store import ChunkKey
-from cluster.volume import LocalVolume, sync_folder
-
-if TYPE_CHECKING:
-    from cluster.master import Master
+from cluster.volume import sync_folder
 
 log = structlog.get_logger("cluster")
-T = TypeVar("T")
 
 VIEW = "view"  # the folder, inside each volume, that holds the view
 RECONCILE = 3600.0  # seconds between full rebuilds (a safety net: changes apply at once)
 PAGE = 1000
-#: Seconds between passes while commits keep coming. Each pass holds the GIL in bursts that
-#: the master's loop waits for: with a pass per commit, 3,000 puts ran at 750–810 files/s, with
-#: this pause at 960–1,010 (goal 1, three volumes, concurrency 8; 25 ms did as well as 100).
+#: Seconds between passes while commits keep coming: one pass (one read transaction) covers
+#: many commits.
 BUSY_PAUSE = 0.025
 TMP = ".tandem-link."  # prefix of a link being put in place
 CLEAN = "view.clean"  # in the metadata folder: left by a clean stop (see above)
@@ -65,78 +61,47 @@ def view_root(volume: str | os.PathLike[str]) -> bytes:
     return os.path.join(os.fsencode(volume), VIEW.encode())
 
 
-class View:
-    """Keeps the volumes' views in step with the master's namespace."""
+@dataclass
+class ViewVolume:
+    """A local volume as the view process knows it."""
 
-    def __init__(self, m: Master, clean: dict[str, Any] | None = None) -> None:
-        self.m = m
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="view")
+    path: str
+    readable: bool = True
+
+
+class View:
+    """Keeps the volumes' views in step with the namespace (blocking; in the view process,
+    ``viewproc.py``)."""
+
+    def __init__(
+        self,
+        meta_dir: Path,
+        default_goal: int,
+        default_trash_time: int,
+        volumes: dict[int, ViewVolume],
+    ) -> None:
+        self.meta_dir = meta_dir
+        self.volumes = volumes  # id → the local volume; the master sends changes
+        self._defaults = (default_goal, default_trash_time)
         self._meta: Meta | None = None
         self.suspects: set[int] = set()  # volume ids to sweep for links that lost their chunk
         self.applied = 0  # the last changelog seq reflected in the view
-        self._clean = clean  # what the last clean stop left (``take_clean``), if anything
-        self.caught_up = False  # set by a stop that applied every change: see ``leave_clean``
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def run(self) -> None:
-        try:
-            await self._follow()
-        finally:
-            with contextlib.suppress(Exception):  # a clean stop: catch up, for ``leave_clean``
-                await asyncio.shield(self._run(self._finish))
-            # Its connection closed before the master returns (the metadata's files are then
-            # free: the folder can be unmounted or moved).
-            with contextlib.suppress(Exception):
-                await self._run(self._close)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._meta is not None:
             self._meta.db.close()
             self._meta = None
 
-    async def _follow(self) -> None:
-        m = self.m
-        loop = asyncio.get_running_loop()
-        rebuilt_at = -RECONCILE
-        if await self._run(self._resume):
-            rebuilt_at = loop.time()
-        while True:
-            seen = m.commits
-            if loop.time() - rebuilt_at >= RECONCILE:
-                await self._run(self.rebuild)
-                rebuilt_at = loop.time()
-            batch = await self._run(self._apply_next)
-            if self.suspects:
-                vids, self.suspects = self.suspects, set()
-                await self._run(self._sweep, vids)
-            if batch or m.commits != seen:
-                # Commits keep coming: let them gather before the next pass, so one pass (one
-                # hop to the view's thread, one read transaction) covers many. The first
-                # commit after a quiet spell is applied at once.
-                await asyncio.sleep(BUSY_PAUSE)
-                continue
-            # Not ``wait_for``: on 3.11 it can swallow a cancel that meets the wake-up.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RECONCILE):
-                    await m.changed.wait()
-
-    # -- on the view thread ----------------------------------------------------------------
-
     @property
     def meta(self) -> Meta:
         if self._meta is None:
-            conn = schema.connect(self.m.cfg.meta_dir / "meta.db", readonly=True)
-            self._meta = Meta(
-                conn, self.m.cfg.default_goal, self.m.cfg.default_trash_time, dir_cache=True
-            )
+            conn = schema.connect(self.meta_dir / "meta.db", readonly=True)
+            self._meta = Meta(conn, *self._defaults, dir_cache=True)
         return self._meta
 
-    def _resume(self) -> bool:
-        """Start from where a clean stop left the views, when that can be trusted."""
-        state, self._clean = self._clean, None
+    def resume(self, state: dict[str, Any] | None) -> bool:
+        """Start from where a clean stop left the views (``take_clean``), when that can be
+        trusted; False when the views must be rebuilt."""
         if state is None or state.get("volumes") != self._volume_list():
             return False
         applied = state.get("applied")
@@ -144,17 +109,22 @@ class View:
         if not isinstance(applied, int) or applied < first - 1:
             return False  # changes since were trimmed from the changelog: rebuild
         self.applied = applied
-        log.info("view.resumed", applied=applied)
         return True
 
-    def _finish(self) -> None:
-        """At a stop: apply what is left; ``caught_up`` once nothing is."""
-        while self._apply_next():
+    def finish(self) -> None:
+        """At a stop: apply what is left, sweep what waits for it, and record a clean stop
+        (``CLEAN``) for the next start."""
+        while self.apply_next():
             pass
-        if self.suspects:
-            vids, self.suspects = self.suspects, set()
-            self._sweep(vids)
-        self.caught_up = True
+        self.sweep_suspects()
+        state = {"applied": self.applied, "volumes": self._volume_list()}
+        tmp = self.meta_dir / (CLEAN + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.meta_dir / CLEAN)
+        sync_folder(self.meta_dir)
 
     def _volume_list(self) -> list[list[Any]]:
         """The views kept: volume id, view folder and that folder's inode (a volume restored
@@ -169,35 +139,16 @@ class View:
             out.append([vid, os.fsdecode(root), ino])
         return out
 
-    def leave_clean(self) -> None:
-        """After the master's tasks ended: record a clean stop if the views are caught up
-        and no link is waiting for a sweep."""
-        if not self.caught_up or self.suspects:
-            return
-        state = {"applied": self.applied, "volumes": self._volume_list()}
-        folder = self.m.cfg.meta_dir
-        tmp = folder / (CLEAN + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / CLEAN)
-        sync_folder(folder)
-
     def _volumes(self) -> list[tuple[int, bytes]]:
-        return [
-            (v.id, view_root(v.path))
-            for v in self.m.volumes.values()
-            if v.readable and isinstance(v.store, LocalVolume)
-        ]
+        return [(vid, view_root(v.path)) for vid, v in self.volumes.items() if v.readable]
 
     def rebuild(self) -> None:
         """Make every view match the whole namespace."""
         self.applied = self.meta.changelog_bounds()[1]
         self.sync(b"/")
-        log.info("view.rebuilt", upto=self.applied)
 
-    def _apply_next(self) -> int:
+    def apply_next(self) -> int:
+        """Apply the next page of changes; how many there were."""
         # One read transaction for the pass: the changes and the state of every path they touch.
         with self._snapshot():
             changes = self.meta.changes(self.applied, PAGE)
@@ -232,10 +183,9 @@ class View:
         for vid, root in self._volumes() if volumes is None else volumes:
             bit = 1 << vid
             mine = {rel: key for rel, (key, copies, _) in want.items() if copies & bit}
-            store = self.m.volumes[vid].store
-            assert isinstance(store, LocalVolume)
+            base = os.fsencode(self.volumes[vid].path)
             try:
-                self._sync_volume(root + _rel(path), mine, store, want)
+                self._sync_volume(root + _rel(path), mine, base, want)
             except OSError as exc:  # a failing disk: the health check will mark it
                 log.warning("view.sync_failed", volume=root, error=str(exc))
 
@@ -261,7 +211,7 @@ class View:
         self,
         top: bytes,
         mine: dict[bytes, ChunkKey],
-        store: LocalVolume,
+        base: bytes,
         want: dict[bytes, tuple[ChunkKey, int, int]],
     ) -> None:
         have = _existing(top)
@@ -273,7 +223,6 @@ class View:
         for rel in have:
             if rel not in mine:
                 _remove(top + rel)
-        base = os.fsencode(store.name)
         for rel, key in mine.items():
             src = b"%s/%s/%s" % (base, key.folder.encode(), key.name.encode())
             try:
@@ -286,8 +235,10 @@ class View:
             if have.get(rel) != st.st_ino:
                 _link(src, top + rel)
 
-    def _sweep(self, vids: set[int]) -> None:
-        """Re-link every path whose link lost its chunk file (its only name is the link)."""
+    def sweep_suspects(self) -> None:
+        """Re-link every path whose link lost its chunk file (its only name is the link), on
+        the volumes named suspect."""
+        vids, self.suspects = self.suspects, set()
         for vid, root in self._volumes():
             if vid not in vids:
                 continue

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
+from procs import start_master, write_config
 from test_master import cluster_cfg, copy_path, data
 
 from cluster import background
@@ -207,6 +209,49 @@ async def test_a_clean_stop_lets_the_next_start_resume_instead_of_rebuilding(
             clean.write_text(left if isinstance(left, str) else json.dumps(left))
             await start_and_stop(run_cfg, logs)
     assert view_starts(logs) == ["view.rebuilt", "view.resumed"] + ["view.rebuilt"] * 3
+
+
+def children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.update(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+async def test_a_view_process_killed_is_started_again(m: Master) -> None:
+    assert m.view is not None and m.view._proc is not None
+    first = m.view._proc.pid
+    assert first in children(os.getpid())
+    os.kill(first, signal.SIGKILL)
+    await settle(m, lambda: m.view is not None and m.view._proc is not None
+                 and m.view._proc.pid != first, within=10)
+    await m.put("/after.txt", b"linked by the new view process")
+    await settle(m, lambda: bool(linked(m, "/after.txt")), within=10)
+
+
+def test_the_view_process_dies_with_a_master_killed(tmp_path: Path) -> None:
+    """A real master process (``tandem cluster serve``) killed with SIGKILL takes its view
+    process with it (``PR_SET_PDEATHSIG``, and the end of its pipe): two could otherwise keep
+    the same views."""
+    proc, _ = start_master(write_config(tmp_path))
+    try:
+        deadline = time.monotonic() + 10
+        while not (kids := children(proc.pid)):
+            assert time.monotonic() < deadline, "no view process"
+            time.sleep(0.05)
+    finally:
+        proc.kill9()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{k}").exists() and "Z" not in _state(k) for k in kids):
+        assert time.monotonic() < deadline, f"view process {kids} outlived its master"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 async def test_restart_rebuilds_the_view_and_clears_leftovers(tmp_path: Path) -> None:
