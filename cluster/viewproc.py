@@ -78,6 +78,8 @@ class ViewProcess:
             log.error("view.died", returncode=returncode)
             while True:
                 await asyncio.sleep(RESTART_DELAY)
+                if self._stopping:
+                    return
                 try:
                     await self._spawn()
                     break
