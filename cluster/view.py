@@ -178,34 +178,52 @@ class View:
 
     def sync(self, path: bytes, volumes: list[tuple[int, bytes]] | None = None) -> None:
         """Make the views of the tree at ``path`` match the metadata (on ``volumes``, the
-        local ones that are readable, when the caller has them)."""
-        want = self._servable(path)
-        for vid, root in self._volumes() if volumes is None else volumes:
-            bit = 1 << vid
-            mine = {rel: key for rel, (key, copies, _) in want.items() if copies & bit}
-            base = os.fsencode(self.volumes[vid].path)
-            try:
-                self._sync_volume(root + _rel(path), mine, base, want)
-            except OSError as exc:  # a failing disk: the health check will mark it
-                log.warning("view.sync_failed", volume=root, error=str(exc))
+        local ones that are readable, when the caller has them). A tree is done a folder at
+        a time, each in its own read transaction unless the caller holds one: memory stays
+        that of the largest folder, and a rebuild of millions of files never keeps one read
+        transaction open (which would keep the WAL from being checkpointed)."""
+        vols = self._volumes() if volumes is None else volumes
+        folders = [path]
+        while folders:
+            top = folders.pop()
+            want, subdirs = self._servable(top)
+            for vid, root in vols:
+                bit = 1 << vid
+                mine = {rel: key for rel, (key, copies, _) in want.items() if copies & bit}
+                base = os.fsencode(self.volumes[vid].path)
+                try:
+                    self._sync_volume(root + _rel(top), mine, base, want, subdirs)
+                except OSError as exc:  # a failing disk: the health check will mark it
+                    log.warning("view.sync_failed", volume=root, error=str(exc))
+            folders.extend(_rel(top) + b"/" + name for name in subdirs or ())
 
-    def _servable(self, path: bytes) -> dict[bytes, tuple[ChunkKey, int, int]]:
-        """Files under ``path`` that the view holds: relative path → (chunk, copies, mtime)."""
+    def _servable(
+        self, path: bytes
+    ) -> tuple[dict[bytes, tuple[ChunkKey, int, int]], list[bytes] | None]:
+        """What the view holds at ``path``: (relative path → (chunk, copies, mtime), the
+        names of its subfolders). For a folder: its files (``/name``) and subfolders; for a
+        file: itself (``b""``) and None; for nothing: nothing and None."""
         out: dict[bytes, tuple[ChunkKey, int, int]] = {}
         meta = self.meta
         try:
             with self._snapshot():
-                for e in meta.walk(_parts(path)):
+                top = meta.stat(_parts(path))
+                if not top.is_dir:
+                    entries, subdirs = [(b"", top)], None
+                else:
+                    children = meta.listdir(_parts(path))
+                    entries = [(b"/" + _name(e), e) for e in children if not e.is_dir]
+                    subdirs = [_name(e) for e in children if e.is_dir]
+                for rel, e in entries:
                     if servable(e):
                         (c,) = meta.chunks(e.chunks)
-                        out[e.path[len(path.rstrip(b"/")):]] = (
-                            ChunkKey(c.id, c.version), c.copies, e.mtime_ns
-                        )
+                        out[rel] = (ChunkKey(c.id, c.version), c.copies, e.mtime_ns)
+                return out, subdirs
         except NotFound:
             pass
         except ClusterError as exc:  # e.g. a parent that is now a file
             log.debug("view.walk_failed", path=path, error=str(exc))
-        return out
+        return {}, None
 
     def _sync_volume(
         self,
@@ -213,13 +231,19 @@ class View:
         mine: dict[bytes, ChunkKey],
         base: bytes,
         want: dict[bytes, tuple[ChunkKey, int, int]],
+        subdirs: list[bytes] | None,
     ) -> None:
-        have = _existing(top)
-        if have is None:  # nothing there (one lstat): nothing to remove
-            have = {}
-        elif not mine and os.path.isdir(top) and not os.path.islink(top):
-            shutil.rmtree(top, ignore_errors=True)  # a removed tree: its folders go too
-            return
+        """One volume's view at ``top``: of a folder (``subdirs`` given), its files and any
+        folder that is no longer one; else of a file or of nothing, whatever is there."""
+        if subdirs is None:
+            have = _existing(top)
+            if have is None:  # nothing there (one lstat): nothing to remove
+                have = {}
+            elif not mine and os.path.isdir(top) and not os.path.islink(top):
+                shutil.rmtree(top, ignore_errors=True)  # a removed tree: its folders go too
+                return
+        else:
+            have = _folder(top, set(subdirs))
         for rel in have:
             if rel not in mine:
                 _remove(top + rel)
@@ -287,6 +311,32 @@ def _parts(path: bytes) -> tuple[bytes, ...]:
 
 def _rel(path: bytes) -> bytes:
     return b"" if path == b"/" else path.rstrip(b"/")
+
+
+def _name(e: Entry) -> bytes:
+    return e.path.rsplit(b"/", 1)[1]
+
+
+def _folder(top: bytes, subdirs: set[bytes]) -> dict[bytes, int]:
+    """The regular files right in the view folder ``top`` (``/name`` → inode), after
+    removing what stands where no file or folder of the namespace is: folders not in
+    ``subdirs``, or a file where the folder itself goes."""
+    out: dict[bytes, int] = {}
+    try:
+        it = os.scandir(top)
+    except FileNotFoundError:
+        return out
+    except NotADirectoryError:
+        _remove(top)  # a file where the folder now is
+        return out
+    with it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                if e.name not in subdirs:
+                    shutil.rmtree(e.path, ignore_errors=True)
+            elif e.is_file(follow_symlinks=False):
+                out[b"/" + e.name] = e.stat(follow_symlinks=False).st_ino
+    return out
 
 
 def _existing(top: bytes | str, *, nlink: bool = False) -> dict[bytes, int] | None:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -269,3 +270,31 @@ async def test_restart_rebuilds_the_view_and_clears_leftovers(tmp_path: Path) ->
     async with Master(cfg, background=False) as m:
         await settle(m, lambda: not stray.exists() and not leftover.exists())
         await settle(m, lambda: not linked(m, "/keep.txt"))
+
+
+async def test_a_rebuild_fixes_every_folder_of_a_tree(tmp_path: Path) -> None:
+    """A rebuild goes a folder at a time: in every one, stray files and folders go, a folder
+    stands where a file goes (and a file where a folder goes) is replaced, and every file
+    is linked."""
+    cfg = cluster_cfg(tmp_path, volumes=1)
+    files = ["/a/b/c.txt", "/a/b/d/e.txt", "/a/f.txt", "/k/g.txt", "/x.txt"]
+    async with Master(cfg, background=False) as m:
+        for p in files:
+            await m.put(p, p.encode())
+        await settle(m, lambda: all(linked(m, p) == {0} for p in files))
+        view = Path(os.fsdecode(view_root(m.volumes[0].path)))
+    (cfg.meta_dir / CLEAN).unlink()  # as after a crash: the next start rebuilds
+    (view / "a/b/stale.txt").write_bytes(b"stale")
+    (view / "a/b/d/e.txt").unlink()
+    (view / "gone/deep").mkdir(parents=True)
+    (view / "gone/deep/f").write_bytes(b"stale")
+    (view / "x.txt").unlink()
+    (view / "x.txt/inner").mkdir(parents=True)
+    shutil.rmtree(view / "k")
+    (view / "k").write_bytes(b"a file where a folder goes")
+    async with Master(cfg, background=False) as m:
+        await settle(m, lambda: all(linked(m, p) == {0} for p in files))
+        await settle(m, lambda: not (view / "a/b/stale.txt").exists())
+        assert not (view / "gone").exists()
+        for p in files:
+            assert (view / p.lstrip("/")).read_bytes() == p.encode()
