@@ -57,6 +57,11 @@ class ViewProcess:
         self._stopped: asyncio.Future[bool] | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()  # the first view process rebuilt or resumed the views
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def volumes(self) -> dict[str, list[Any]]:
         return {
@@ -138,6 +143,7 @@ class ViewProcess:
         kind = msg.get("event")
         if kind == "started":
             log.info(f"view.{msg['how']}", upto=msg["applied"])
+            self.started.set()
         elif kind == "rebuilt":
             log.info("view.rebuilt", upto=msg["applied"])
             if self._rebuilt is not None and not self._rebuilt.done():
