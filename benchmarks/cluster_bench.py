@@ -14,8 +14,11 @@ Workload: N files with seeded random (incompressible) content; sizes lognormal w
 ``/static/s03/d042/0001234-1a2b3c4d.jpg`` spread over 1,000 directories. Both sides use the
 same number of concurrent writers/readers: tandem through ``asyncio.gather`` under a
 semaphore, the plain directory through a thread pool. The plain anchor writes each file with
-open → write → fsync → close (no rename, no directory fsync); tandem's put fsyncs each chunk
-copy and its folder, then the group-committed SQLite WAL (``synchronous=FULL``).
+open → write → fsync → close (no rename, no directory fsync); tandem's puts are group
+committed: a batch's chunk copies are written and made durable by one ``syncfs`` per
+filesystem, then its SQLite WAL commit (``synchronous=FULL``); the master's view process then
+links the files (its CPU, and the time the master takes to stop once the last put returned —
+the view catching up — are printed per run).
 
 Metadata size: rows are inserted straight into SQLite (the rows a real put writes: one inode
 row, one chunk row with a goal-2 copies mask, one ``put`` changelog entry per file, plus the
@@ -125,9 +128,14 @@ def cluster_config(base: ClusterConfig, root: Path, goal: int, volumes: int) -> 
     )
 
 
-async def tandem_put(cfg: ClusterConfig, files: Sequence[File], concurrency: int) -> float:
-    """Seconds to put every file (the Master is opened before the clock starts)."""
-    async with Master(cfg, background=False) as m:
+async def tandem_put(
+    cfg: ClusterConfig, files: Sequence[File], concurrency: int
+) -> tuple[float, float]:
+    """Seconds to put every file (the Master is opened before the clock starts), and seconds
+    the master then took to stop: mostly its view process catching up (linking what it had
+    not linked yet), the work a put leaves behind."""
+    m = Master(cfg, background=False)
+    async with m:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(f: File) -> None:
@@ -136,7 +144,8 @@ async def tandem_put(cfg: ClusterConfig, files: Sequence[File], concurrency: int
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(f) for f in files))
-        return time.perf_counter() - t0
+        t1 = time.perf_counter()
+    return t1 - t0, time.perf_counter() - t1
 
 
 async def tandem_get(
@@ -209,9 +218,10 @@ def fresh(path: Path) -> Path:
 
 
 def cpu_seconds() -> float:
-    """User + system CPU of this process (all threads) so far."""
+    """User + system CPU of this process (all threads) and of its children that ended (the
+    master's view process) so far."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def median_rate(n: int, seconds: list[float]) -> float:
@@ -255,17 +265,18 @@ def throughput(args: argparse.Namespace, base: ClusterConfig, work: Path) -> dic
             c0 = cpu_seconds()
             if side == "plain":
                 t = plain_put(fresh(work / f"plain-{rep}"), files, args.concurrency)
-                label = "plain put        "
+                label, extra = "plain put        ", ""
             else:
                 goal = int(side[-1])
                 cfg = cluster_config(base, fresh(work / f"{side}-{rep}"), goal, args.volumes)
-                t = asyncio.run(tandem_put(cfg, files, args.concurrency))
+                t, stop = asyncio.run(tandem_put(cfg, files, args.concurrency))
                 label = f"tandem put goal {goal}"
+                extra = f"; stopped {stop:.2f} s after the last put, its view caught up"
             times[side].append(t)
             cpu[side].append((cpu_seconds() - c0) / len(files) * 1e6)
             say(
-                f"rep {rep}: {label} {len(files) / t:8.0f} files/s ({t:.2f} s; process CPU "
-                f"{cpu[side][-1]:.0f} µs/file)"
+                f"rep {rep}: {label} {len(files) / t:8.0f} files/s ({t:.2f} s; CPU "
+                f"{cpu[side][-1]:.0f} µs/file{extra})"
             )
 
     # Reads: the last rep's goal-2 cluster and plain directory, warm (one verified pass first).
