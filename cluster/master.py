@@ -678,7 +678,9 @@ class Master:
                     chunks=[_written(w) for w in written], goal=goal,
                     folder_goal=folder_goal,
                 )
-                if entry.mtime_ns != mtime:  # a concurrent overwrite won the race: restamp
+                # The version replaced moved the mtime (``distinct_mtime``; unknown before the
+                # commit when the goal came from the folder cache, or replaced meanwhile).
+                if entry.mtime_ns != mtime:
                     for c in map(_new_chunk, written):
                         self._set_mtime(c, entry.mtime_ns)
                 return entry

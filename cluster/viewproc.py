@@ -53,6 +53,7 @@ class ViewProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._to: int = -1
         self._from: int = -1
+        self._out = bytearray()  # messages not yet taken by the pipe (the view is busy)
         self._rebuilt: asyncio.Future[int] | None = None
         self._stopped: asyncio.Future[bool] | None = None
         self._stopping = False
@@ -111,6 +112,10 @@ class ViewProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": path},
             )
+        except BaseException:
+            os.close(to_w)
+            os.close(from_r)
+            raise
         finally:
             os.close(to_r)
             os.close(from_w)
@@ -130,6 +135,9 @@ class ViewProcess:
                 self._received(json.loads(line))
         finally:
             transport.close()
+            if self._out:
+                asyncio.get_running_loop().remove_writer(self._to)
+                self._out.clear()
             with contextlib.suppress(OSError):
                 os.close(self._to)
             self._to = -1
@@ -152,19 +160,34 @@ class ViewProcess:
             self._stopped.set_result(bool(msg["clean"]))
 
     def _send(self, msg: dict[str, Any]) -> None:
-        """Best effort: a view that is gone or far behind (a full pipe) misses nothing that
-        matters — wake-ups only hurry it, and every other message is sent again or waited
-        for by its sender."""
+        """Queue a message; it reaches the view in order, never blocking the loop (a view
+        busy for long, e.g. rebuilding, fills the pipe: the rest waits here)."""
         if self._to < 0:
+            return  # none running: the next one starts from the master's state
+        backlog = bool(self._out)
+        self._out += json.dumps(msg).encode() + b"\n"
+        if not backlog:
+            self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._out:
+                del self._out[: os.write(self._to, self._out)]
+        except BlockingIOError:
+            loop.add_writer(self._to, self._flush)  # again when the pipe has room
             return
-        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            os.write(self._to, json.dumps(msg).encode() + b"\n")
+        except OSError:  # the view is gone: ``_follow`` starts another
+            self._out.clear()
+        loop.remove_writer(self._to)
 
     # -- what the master tells it ------------------------------------------------------------
 
     def wake(self) -> None:
-        """A commit: there are changes to apply."""
-        self._send({"op": "wake"})
+        """A commit: there are changes to apply (no need to say so again while messages
+        wait for the view: it wakes for them)."""
+        if not self._out:
+            self._send({"op": "wake"})
 
     def volumes_changed(self) -> None:
         self._send({"op": "volumes", "volumes": self.volumes()})
