@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,10 @@ def view_root(volume: str | os.PathLike[str]) -> bytes:
     return os.path.join(os.fsencode(volume), VIEW.encode())
 
 
+class Stopped(Exception):
+    """The view process was asked to stop in the middle of its work (``View.stopping``)."""
+
+
 @dataclass
 class ViewVolume:
     """A local volume as the view process knows it."""
@@ -87,6 +91,8 @@ class View:
         self._meta: Meta | None = None
         self.suspects: set[int] = set()  # volume ids to sweep for links that lost their chunk
         self.applied = 0  # the last changelog seq reflected in the view
+        #: Asked between the folders of a rebuild: True ends it (``Stopped``).
+        self.stopping: Callable[[], bool] = lambda: False
 
     def close(self) -> None:
         if self._meta is not None:
@@ -146,7 +152,7 @@ class View:
     def rebuild(self) -> None:
         """Make every view match the whole namespace."""
         self.applied = self.meta.changelog_bounds()[1]
-        self.sync(b"/")
+        self.sync(b"/", stoppable=True)
 
     def apply_next(self) -> int:
         """Apply the next page of changes; how many there were."""
@@ -177,15 +183,24 @@ class View:
         finally:
             db.execute("COMMIT")
 
-    def sync(self, path: bytes, volumes: list[tuple[int, bytes]] | None = None) -> None:
+    def sync(
+        self,
+        path: bytes,
+        volumes: list[tuple[int, bytes]] | None = None,
+        *,
+        stoppable: bool = False,
+    ) -> None:
         """Make the views of the tree at ``path`` match the metadata (on ``volumes``, the
         local ones that are readable, when the caller has them). A tree is done a folder at
         a time, each in its own read transaction unless the caller holds one: memory stays
         that of the largest folder, and a rebuild of millions of files never keeps one read
-        transaction open (which would keep the WAL from being checkpointed)."""
+        transaction open (which would keep the WAL from being checkpointed). ``stoppable``:
+        ``stopping`` is asked between folders."""
         vols = self._volumes() if volumes is None else volumes
         folders = [path]
         while folders:
+            if stoppable and self.stopping():
+                raise Stopped
             top = folders.pop()
             want, subdirs = self._servable(top)
             for vid, root in vols:

@@ -23,7 +23,8 @@ from test_master import cluster_cfg, copy_path, data
 from cluster import background
 from cluster.master import Master
 from cluster.meta import NS, Entry
-from cluster.view import CLEAN, TMP, view_root
+from cluster.view import CLEAN, TMP, Stopped, View, ViewVolume, view_root
+from cluster.viewproc import _Pipe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -255,6 +256,53 @@ async def test_messages_wait_for_a_busy_view_process_and_none_is_lost(m: Master)
         os.kill(pid, signal.SIGCONT)
     await settle(m, lambda: linked(m, "/a.txt") == want - {victim}, within=10)
     await settle(m, lambda: all(linked(m, f"/many/{i}") for i in range(400)), within=10)
+
+
+async def test_a_rebuild_ends_between_two_folders_when_a_stop_is_asked(tmp_path: Path) -> None:
+    """A stop in the middle of a rebuild (a million files take 44 s here) ends it between
+    two folders (``Stopped``); one not asked to stop links everything."""
+    cfg = cluster_cfg(tmp_path, view=False)
+    async with Master(cfg, background=False) as m:
+        for i in range(20):
+            await m.put(f"/d{i}/f", b"x")
+        vols = {vid: ViewVolume(v.path) for vid, v in m.volumes.items()}
+    view = View(cfg.meta_dir, cfg.default_goal, cfg.default_trash_time, vols)
+    asked = 0
+
+    def stop_after_five() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 5
+
+    view.stopping = stop_after_five
+    with pytest.raises(Stopped):
+        view.rebuild()
+    views = [Path(os.fsdecode(view_root(v.path))) for v in vols.values()]
+
+    def linked_dirs() -> int:
+        return sum(any((root / f"d{i}/f").is_file() for root in views) for i in range(20))
+
+    assert linked_dirs() < 20
+    view.stopping = lambda: False
+    view.rebuild()
+    assert linked_dirs() == 20
+    view.close()
+
+
+def test_a_stop_message_is_seen_without_losing_the_others() -> None:
+    """``_Pipe.stopping`` reads what came without waiting; ``read`` then returns it all, in
+    order, and a closed pipe counts as a stop."""
+    r, w = os.pipe()
+    pipe = _Pipe(r)
+    assert not pipe.stopping()
+    os.write(w, b'{"op": "sweep", "volumes": [1]}\n{"op": "st')
+    assert not pipe.stopping()
+    os.write(w, b'op"}\n')
+    assert pipe.stopping()
+    assert [m["op"] for m in pipe.read(0)] == ["sweep", "stop"]
+    os.close(w)
+    assert pipe.stopping() and pipe.eof
+    os.close(r)
 
 
 def test_the_view_process_dies_with_a_master_killed(tmp_path: Path) -> None:
