@@ -132,6 +132,11 @@ def unpack_ids(blob: bytes | None) -> tuple[int, ...]:
 
 
 _ROW = "id, kind, mode, mtime, size, hash, chunks, goal, trash_time"
+_INSERT_FILE = (
+    "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, goal, "
+    "trash_time) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_NEW_FILE = _INSERT_FILE.replace("INSERT", "INSERT OR IGNORE", 1)
 #: An entry by (parent, name) with the counter 'dirs', in one snapshot (``_walk_cached``).
 _PROBE = (
     "SELECT c.value, i.id, i.kind, i.mode, i.mtime, i.size, i.hash, i.chunks, i.goal, "
@@ -550,8 +555,18 @@ class Meta:
         if not parts:
             raise IsADirectory("cannot put onto the root directory")
         parent, eff_goal, eff_trash = self._mkdirs(parts[:-1], 0o755, time.time_ns())
-        old = self._row(parent, parts[-1])
-        if old is not None:
+        file_goal = file_trash = None
+        new_id = self._inode_id()
+        row: list[Any] = [
+            parent, parts[-1], new_id, Kind.FILE, mode, mtime_ns, size, hash,
+            pack_ids([c.id for c in chunks]), file_goal, file_trash,
+        ]
+        # Most puts make a new file: one statement, that does nothing where the name is taken.
+        if self.db.execute(_INSERT_NEW_FILE, row).rowcount == 0:
+            old = self._row(parent, parts[-1])
+            if old is None:  # ignored for another reason: let it raise
+                self.db.execute(_INSERT_FILE, row)
+            assert old is not None
             if old[1] == Kind.DIR:
                 raise IsADirectory(f"is a directory: {show(join(parts))}")
             # A file's own goal and trash time stay with the path across overwrites.
@@ -569,22 +584,13 @@ class Meta:
             self._to_trash(old_entry)
             self.db.execute("DELETE FROM inode WHERE parent = ? AND name = ?", (parent, parts[-1]))
             mtime_ns = distinct_mtime(old_entry, size, hash, mtime_ns)
-        else:
-            file_goal = file_trash = None
+            row[5], row[9], row[10] = mtime_ns, file_goal, file_trash
+            self.db.execute(_INSERT_FILE, row)
         for c in chunks:
             self.db.execute(
                 "INSERT INTO chunk (id, version, size, goal, copies, refs) VALUES (?,?,?,?,?,1)",
                 (c.id, c.version, c.size, goal, c.copies),
             )
-        new_id = self._inode_id()
-        self.db.execute(
-            "INSERT INTO inode (parent, name, id, kind, mode, mtime, size, hash, chunks, goal, "
-            "trash_time) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                parent, parts[-1], new_id, Kind.FILE, mode, mtime_ns, size, hash,
-                pack_ids([c.id for c in chunks]), file_goal, file_trash,
-            ),
-        )
         path = join(parts)
         self._log("put", path, arg=size, hash=hash)
         # The entry as ``stat`` would read it back, without walking the path again.
