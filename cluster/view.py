@@ -290,7 +290,7 @@ class View:
 
 
 def take_clean(meta_dir: Path) -> dict[str, Any] | None:
-    """What a clean stop left (``View.leave_clean``), removed durably before the views change
+    """What a clean stop left (``View.finish``), removed durably before the views change
     again: a crash from now on leaves nothing, and the next start rebuilds."""
     path = meta_dir / CLEAN
     try:
