@@ -170,20 +170,23 @@ async def tandem_get(
         return times
 
 
-def plain_put(root: Path, files: Sequence[File], concurrency: int) -> float:
-    """Seconds to write every file durably (write + fsync) to a plain directory tree."""
+def plain_put(root: Path, files: Sequence[File], concurrency: int, copies: int = 1) -> float:
+    """Seconds to write every file durably (write + fsync) to a plain directory tree; with
+    ``copies`` > 1 each file is written that many times (``<path>``, ``<path>.2``, …)."""
 
     def one(f: File) -> None:
         path = root / f.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(f.data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for n in range(1, copies + 1):
+            name = path if n == 1 else path.with_name(f"{path.name}.{n}")
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(f.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     with ThreadPoolExecutor(concurrency) as pool:
         t0 = time.perf_counter()

@@ -44,14 +44,12 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cluster_bench import (
@@ -109,27 +107,6 @@ def floor_put(root: Path, files: Sequence[File], goal: int, batch: int) -> float
     return seconds
 
 
-def plain_two_files(root: Path, files: Sequence[File], concurrency: int) -> float:
-    """``plain_put`` with two files per put (``<path>`` and ``<path>.2``), each fsynced."""
-
-    def one(f: File) -> None:
-        path = root / f.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for name in (path, path.with_name(path.name + ".2")):
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, f.data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        t0 = time.perf_counter()
-        for _ in pool.map(one, files):
-            pass
-        return time.perf_counter() - t0
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sides = {
         "plain": lambda d: plain_put(d, files, args.concurrency),
-        "plain two files": lambda d: plain_two_files(d, files, args.concurrency),
+        "plain two files": lambda d: plain_put(d, files, args.concurrency, copies=2),
         "floor goal 1": lambda d: floor_put(d, files, 1, args.concurrency),
         "floor goal 2": lambda d: floor_put(d, files, 2, args.concurrency),
         "tandem goal 1": lambda d: tandem(1, d),
